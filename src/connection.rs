@@ -1,0 +1,325 @@
+//! The send handle, [`Connection`], and the bounded queue it shares with the body.
+
+use crate::{error::TryPushError, Event, PushError};
+use bytes::{Bytes, BytesMut};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+};
+use tokio::sync::Notify;
+
+/// Queued events are joined into one body frame up to this many bytes.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// A handle for pushing events to one client's stream.
+///
+/// This is a send handle, not a connection driver like `hyper::server::conn`: the HTTP
+/// connection is driven by the server, and this handle only feeds the response body.
+/// It is cheap to clone, and `Send + Sync`, so several tasks can push to the same client.
+///
+/// Events wait in a bounded buffer (see
+/// [`EventSourceService::buffer`](crate::EventSourceService::buffer)) until the server writes
+/// them to the socket.
+///
+/// The stream ends after what was already queued when [`close`](Connection::close) is called,
+/// or when every clone of the handle is dropped. When the client goes away, every clone sees
+/// it at once: [`closed`](Connection::closed) resolves and pushes fail.
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+/// What the handle and the body share.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Woken when the buffer gets room or the stream ends.
+    room: Notify,
+    /// Woken when the stream ends.
+    ended: Notify,
+    capacity: usize,
+    last_event_id: Option<Box<str>>,
+}
+
+struct State {
+    queue: VecDeque<Bytes>,
+    phase: Phase,
+    handles: usize,
+    body: Option<Waker>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Events are accepted.
+    Open,
+    /// No more events are accepted; the body sends what is queued, then ends.
+    Closing,
+    /// The body is gone: the client disconnected or the response was dropped.
+    Gone,
+}
+
+/// Why an internal send did not queue a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Full,
+    Ended,
+}
+
+impl Connection {
+    /// A new handle and the shared queue for the body to read.
+    pub(crate) fn new(capacity: usize, last_event_id: Option<Box<str>>) -> (Self, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                phase: Phase::Open,
+                handles: 1,
+                body: None,
+            }),
+            room: Notify::new(),
+            ended: Notify::new(),
+            capacity: capacity.max(1),
+            last_event_id,
+        });
+        (
+            Connection {
+                shared: Arc::clone(&shared),
+            },
+            shared,
+        )
+    }
+
+    /// Pushes one event, waiting while the buffer is full.
+    ///
+    /// Anything that converts into an [`Event`] can be pushed: `"text"` and `String` are
+    /// data-only events, `["a", "b"]` is one event with two data lines.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Invalid`] when the event cannot be encoded (nothing is sent), and
+    /// [`PushError::Disconnected`] once the stream has ended.
+    pub async fn push(&self, event: impl Into<Event>) -> Result<(), PushError> {
+        let event = event.into();
+        event.validate()?;
+        self.send(event.finish())
+            .await
+            .map_err(|_| PushError::Disconnected)
+    }
+
+    /// Pushes one event if the buffer has room, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPushError::Full`] when the buffer is full and [`TryPushError::Disconnected`] once
+    /// the stream has ended, each handing the event back; [`TryPushError::Invalid`] when the
+    /// event cannot be encoded.
+    pub fn try_push(&self, event: impl Into<Event>) -> Result<(), TryPushError> {
+        let event = event.into();
+        event.validate().map_err(TryPushError::Invalid)?;
+        self.offer(event, Event::finish)
+            .map_err(|(refused, event)| match refused {
+                Refused::Full => TryPushError::Full(event),
+                Refused::Ended => TryPushError::Disconnected(event),
+            })
+    }
+
+    /// Ends the stream once what was already pushed has been sent. Later pushes fail and send
+    /// nothing. Calling it again does nothing.
+    pub fn close(&self) {
+        self.shared.end(Phase::Closing);
+    }
+
+    /// Resolves when the stream has ended: the client went away, or the stream was closed.
+    pub async fn closed(&self) {
+        loop {
+            let ended = self.shared.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Whether the stream has ended; pushes fail from then on.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().phase != Phase::Open
+    }
+
+    /// The request's `Last-Event-ID`: the id of the last event the browser saw before it
+    /// reconnected.
+    ///
+    /// `None` when the header is missing, is not UTF-8, or is longer than 1024 bytes. The value
+    /// comes from the client: treat it as untrusted input.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.shared.last_event_id.as_deref()
+    }
+
+    /// Queues an encoded frame, waiting while the buffer is full.
+    pub(crate) async fn send(&self, mut frame: Bytes) -> Result<(), Refused> {
+        loop {
+            frame = match self.try_send(frame) {
+                Err((Refused::Full, frame)) => frame,
+                other => return other.map_err(|(refused, _)| refused),
+            };
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            frame = match self.try_send(frame) {
+                Err((Refused::Full, frame)) => frame,
+                other => return other.map_err(|(refused, _)| refused),
+            };
+            room.await;
+        }
+    }
+
+    /// Queues an encoded frame if the buffer has room, handing it back if not.
+    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), (Refused, Bytes)> {
+        self.offer(frame, |frame| frame)
+    }
+
+    /// Queues `item`, encoded by `encode` once it is known to fit, or hands it back.
+    fn offer<T>(&self, item: T, encode: impl FnOnce(T) -> Bytes) -> Result<(), (Refused, T)> {
+        let mut state = self.shared.lock();
+        match state.phase {
+            Phase::Open if state.queue.len() < self.shared.capacity => {
+                state.queue.push_back(encode(item));
+                let body = state.body.take();
+                drop(state);
+                wake(body);
+                Ok(())
+            }
+            Phase::Open => Err((Refused::Full, item)),
+            Phase::Closing | Phase::Gone => Err((Refused::Ended, item)),
+        }
+    }
+
+    /// Queues frames past the buffer's bound, for a replay whose size the caller bounds.
+    pub(crate) fn send_unbounded(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
+        let mut state = self.shared.lock();
+        if state.phase != Phase::Open {
+            return false;
+        }
+        state.queue.extend(frames);
+        let body = state.body.take();
+        drop(state);
+        wake(body);
+        true
+    }
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        self.shared.lock().handles += 1;
+        Connection {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.handles -= 1;
+        if state.handles == 0 {
+            let body = state.body.take();
+            drop(state);
+            wake(body);
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("Connection")
+            .field("phase", &state.phase)
+            .field("queued", &state.queue.len())
+            .field("capacity", &self.shared.capacity)
+            .field("last_event_id", &self.shared.last_event_id)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across user code, so a poisoned lock still holds a
+        // consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves from `Open` to `phase` (or from anything to `Gone`) and wakes everyone waiting.
+    fn end(&self, phase: Phase) {
+        let mut state = self.lock();
+        if state.phase == Phase::Gone || (state.phase == Phase::Closing && phase == Phase::Closing)
+        {
+            return;
+        }
+        state.phase = phase;
+        if phase == Phase::Gone {
+            state.queue = VecDeque::new();
+        }
+        let body = state.body.take();
+        drop(state);
+        wake(body);
+        self.room.notify_waiters();
+        self.ended.notify_waiters();
+    }
+
+    /// The next frame for the body: every queued event joined (up to [`MAX_FRAME`] bytes),
+    /// `None` once the stream has ended and the queue is empty.
+    pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut state = self.lock();
+        let was_full = state.queue.len() >= self.capacity;
+        let Some(first) = state.queue.pop_front() else {
+            if state.phase != Phase::Open || state.handles == 0 {
+                return Poll::Ready(None);
+            }
+            if !state.body.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.body = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        let frame = match state.queue.front() {
+            Some(next) if first.len() + next.len() <= MAX_FRAME => {
+                let mut joined = BytesMut::with_capacity(
+                    MAX_FRAME.min(first.len() + state.queue.iter().map(Bytes::len).sum::<usize>()),
+                );
+                joined.extend_from_slice(&first);
+                while let Some(next) = state.queue.front() {
+                    if joined.len() + next.len() > MAX_FRAME {
+                        break;
+                    }
+                    joined.extend_from_slice(next);
+                    state.queue.pop_front();
+                }
+                joined.freeze()
+            }
+            _ => first,
+        };
+        drop(state);
+        if was_full {
+            self.room.notify_waiters();
+        }
+        Poll::Ready(Some(frame))
+    }
+
+    /// Whether the stream will produce no more frames.
+    pub(crate) fn is_finished(&self) -> bool {
+        let state = self.lock();
+        state.queue.is_empty() && (state.phase != Phase::Open || state.handles == 0)
+    }
+
+    /// The body was dropped: the client is gone.
+    pub(crate) fn body_dropped(&self) {
+        self.end(Phase::Gone);
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}

@@ -1,0 +1,105 @@
+//! Server-Sent Events (SSE) as a [`tower::Service`](tower_service::Service).
+//!
+//! A handler gets a [`Connection`] and the request, and pushes [`Event`]s; the
+//! [`EventSourceService`] answers at once with a streaming `http::Response` whose
+//! [`EventStreamBody`] carries them to the browser's `EventSource`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Request;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//! use tower_eventsource::{Connection, Event, EventSourceService, PushError};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let events = EventSourceService::new(|conn: Connection, _req: Request<()>| async move {
+//!     conn.push("foo").await?;                                 // a data-only event
+//!     conn.push(["foo", "bar", "baz"]).await?;                 // one event, three data lines
+//!     conn.push(Event::new().id("1").data("foo")).await?;      // fields
+//!     conn.push(Event::new().event("tick").retry(Duration::from_secs(3)).data("x")).await?;
+//!     conn.close();
+//!     Ok::<_, PushError>(())
+//! });
+//!
+//! let response = events.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(response.headers()["content-type"], "text/event-stream");
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(
+//!     body,
+//!     "data: foo\n\n\
+//!      data: foo\ndata: bar\ndata: baz\n\n\
+//!      id: 1\ndata: foo\n\n\
+//!      event: tick\nretry: 3000\ndata: x\n\n"
+//! );
+//! # }
+//! ```
+//!
+//! Mount it like any service: `axum::Router::new().route_service("/events", events)`, or
+//! serve it with hyper through `hyper_util::service::TowerToHyperService`.
+//!
+//! # Encoding
+//!
+//! Each event is encoded once, when it is pushed, into the exact bytes the WHATWG
+//! specification describes: data split at every CRLF, CR and LF into `data:` lines, every
+//! value written after a colon and one space, LF line endings. Values the wire cannot carry
+//! (an id or event name with a line break, an id with NUL, a named event without data) are
+//! errors, never panics, and nothing is sent; see [`EncodeError`].
+//!
+//! # Backpressure
+//!
+//! Each connection has a bounded buffer ([`EventSourceService::buffer`]).
+//! [`Connection::push`] waits while it is full, which happens when the client reads more slowly
+//! than the handler pushes; [`Connection::try_push`] never waits and hands the event back with
+//! [`TryPushError::Full`]. Queued events go out together in one body frame.
+//!
+//! # Disconnects
+//!
+//! When the client goes away the server drops the body, and every clone of the connection sees
+//! it at once: [`Connection::closed`] resolves and pushes fail with
+//! [`PushError::Disconnected`]. A handler that only waits for something to push can race that
+//! against `closed()`:
+//!
+//! ```
+//! # use tower_eventsource::Connection;
+//! async fn forward(conn: Connection, mut rx: tokio::sync::mpsc::Receiver<String>) {
+//!     loop {
+//!         tokio::select! {
+//!             _ = conn.closed() => break,
+//!             Some(msg) = rx.recv() => if conn.push(msg).await.is_err() { break },
+//!             else => break,
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! The stream ends normally after [`Connection::close`] (once what was queued is sent), or when
+//! every clone of the connection is dropped, for example when the handler returns.
+//!
+//! # Keep-alive
+//!
+//! After 15 seconds without any frame the body sends a comment line, which browsers ignore:
+//! proxies keep the quiet stream open, and a write to a vanished client fails so the stream
+//! ends. See [`EventSourceService::keep_alive`].
+//!
+//! # Last-Event-ID
+//!
+//! A browser that reconnects sends the id of the last event it saw as `Last-Event-ID`;
+//! [`Connection::last_event_id`] has it, decoded as UTF-8. It is client input: parse it, do not
+//! trust it.
+//!
+//! # Feature flags
+//!
+//! - `json`: [`Event::json_data`], serialising data with serde_json.
+
+mod body;
+mod connection;
+mod error;
+mod event;
+mod service;
+
+pub use body::EventStreamBody;
+pub use connection::Connection;
+pub use error::{PushError, TryPushError};
+pub use event::{EncodeError, Event};
+pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
