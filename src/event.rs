@@ -43,7 +43,8 @@ pub struct Event {
     buf: BytesMut,
     has_data: bool,
     has_event: bool,
-    has_id: bool,
+    /// Where the value of the last `id:` field lies in `buf`.
+    id_at: Option<(usize, usize)>,
     error: Option<EncodeError>,
 }
 
@@ -91,7 +92,8 @@ impl Event {
         } else if id.as_bytes().contains(&0) {
             self.fail(EncodeError::NulInId);
         } else {
-            self.has_id = true;
+            let start = self.buf.len() + 4;
+            self.id_at = Some((start, start + id.len()));
             put_field(&mut self.buf, b"id: ", id);
         }
         self
@@ -137,7 +139,13 @@ impl Event {
 
     /// Whether an id was set with [`Event::id`].
     pub(crate) fn has_id(&self) -> bool {
-        self.has_id
+        self.id_at.is_some()
+    }
+
+    /// The value of the last id set with [`Event::id`].
+    pub(crate) fn last_id(&self) -> Option<&str> {
+        let (start, end) = self.id_at?;
+        std::str::from_utf8(&self.buf[start..end]).ok()
     }
 
     /// Encodes the event: its exact wire bytes, ending with the blank line that dispatches it.

@@ -93,12 +93,14 @@
 //! - `json`: [`Event::json_data`], serialising data with serde_json.
 
 mod body;
+mod broadcast;
 mod connection;
 mod error;
 mod event;
 mod service;
 
 pub use body::EventStreamBody;
+pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, SlowClient};
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};

@@ -1,0 +1,687 @@
+//! Fan-out: [`Broadcast`] sends one event to many connections, with replay on reconnect.
+
+use crate::{
+    connection::{Connection, Refused},
+    EncodeError, Event,
+};
+use bytes::Bytes;
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+/// A hub that sends each event to every subscribed [`Connection`], and replays what a
+/// reconnecting browser missed.
+///
+/// [`send`](Broadcast::send) encodes the event once and hands the same bytes to every
+/// subscriber; it never waits for a slow client (see [`SlowClient`]) and forgets clients that
+/// have gone. Cloning is cheap: clones share the subscribers and the history. Several
+/// `Broadcast` values serve several topics.
+///
+/// # History and replay
+///
+/// With a history ([`BroadcastBuilder::history`]), every event gets an id (events without one
+/// get the next number of a counter that starts at the microseconds since the Unix epoch when
+/// the hub was built, so ids keep increasing across restarts), and the hub keeps the latest
+/// events. [`subscribe`](Broadcast::subscribe) reads the connection's
+/// [`last_event_id`](Connection::last_event_id):
+///
+/// - none: the connection gets live events only;
+/// - the id of an event in the history (or of the one just before it): the connection first
+///   gets exactly the events after it, in order, then live events, with no gap and no
+///   duplicate;
+/// - any other id (older than the history, from before a restart, or forged): the connection
+///   first gets the reset event, by default `event: reset` with empty data, whose id is the
+///   newest id, so the page knows to reload its state and later reconnects resume from there.
+///
+/// ```
+/// use http::Request;
+/// use tower_eventsource::{Broadcast, Connection, EventSourceService};
+///
+/// let hub = Broadcast::builder().history(1000).build();
+/// let events = EventSourceService::new({
+///     let hub = hub.clone();
+///     move |conn: Connection, _req: Request<()>| {
+///         hub.subscribe(&conn);
+///         async {}
+///     }
+/// });
+/// // elsewhere: hub.send("news");
+/// # drop(events);
+/// ```
+#[derive(Clone)]
+pub struct Broadcast {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    history_events: usize,
+    history_bytes: usize,
+    slow_client: SlowClient,
+    reset: Event,
+}
+
+struct State {
+    subscribers: Vec<Subscriber>,
+    /// Prune gone subscribers when `subscribe` finds the list this long.
+    prune_at: usize,
+    history: VecDeque<Entry>,
+    history_size: usize,
+    /// The id of the event just before the oldest one in `history`.
+    before_history: Box<str>,
+    next_id: u64,
+    stats: BroadcastStats,
+}
+
+struct Subscriber {
+    conn: Connection,
+}
+
+struct Entry {
+    id: Box<str>,
+    frame: Bytes,
+}
+
+/// What [`Broadcast`] does with a subscriber whose buffer is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowClient {
+    /// Close its stream once what is queued has been sent. The browser reconnects and, with a
+    /// history, resumes from its `Last-Event-ID`, so it loses nothing. The default.
+    #[default]
+    Disconnect,
+    /// Keep the client and skip the event for it, counting it in
+    /// [`BroadcastStats::events_skipped`].
+    Skip,
+}
+
+/// How [`Broadcast::subscribe`] started a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resume {
+    /// No `Last-Event-ID`, or no history: live events only.
+    Live,
+    /// The connection's `Last-Event-ID` was found; this many missed events were replayed.
+    Replayed(usize),
+    /// The `Last-Event-ID` is not in the history; the reset event was sent.
+    Reset,
+    /// The connection's stream had already ended; it was not subscribed.
+    Ended,
+}
+
+/// Counters of a [`Broadcast`], from [`Broadcast::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BroadcastStats {
+    /// Connections subscribed now.
+    pub subscribers: usize,
+    /// Events sent since the hub was built.
+    pub events_sent: u64,
+    /// Deliveries: events handed to a subscriber's buffer, replays included.
+    pub deliveries: u64,
+    /// Subscribers disconnected because their buffer was full ([`SlowClient::Disconnect`]).
+    pub slow_disconnects: u64,
+    /// Events skipped for subscribers whose buffer was full ([`SlowClient::Skip`]).
+    pub events_skipped: u64,
+    /// Reconnections whose `Last-Event-ID` was not in the history, answered with the reset
+    /// event.
+    pub resets: u64,
+}
+
+/// Builds a [`Broadcast`]; from [`Broadcast::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct BroadcastBuilder {
+    history_events: usize,
+    history_bytes: usize,
+    slow_client: SlowClient,
+    first_id: Option<u64>,
+    reset: Event,
+}
+
+impl BroadcastBuilder {
+    /// Keeps the latest `events` events for replay. Default: 0, no history (no ids are
+    /// assigned, nothing is replayed, no reset event is sent).
+    pub fn history(mut self, events: usize) -> Self {
+        self.history_events = events;
+        self
+    }
+
+    /// Also bounds the history by the size of the encoded events, in bytes. Default: no bound
+    /// beyond [`history`](Self::history).
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = bytes;
+        self
+    }
+
+    /// What to do with a subscriber whose buffer is full. Default: [`SlowClient::Disconnect`].
+    pub fn slow_client(mut self, policy: SlowClient) -> Self {
+        self.slow_client = policy;
+        self
+    }
+
+    /// The first id the hub assigns. Default: the microseconds since the Unix epoch when the
+    /// hub is built.
+    pub fn first_id(mut self, id: u64) -> Self {
+        self.first_id = Some(id);
+        self
+    }
+
+    /// The event sent to a connection whose `Last-Event-ID` is not in the history; the hub
+    /// sets its id. Default: `event: reset` with empty data.
+    pub fn reset_event(mut self, event: Event) -> Self {
+        self.reset = event;
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> Broadcast {
+        let first_id = self.first_id.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |since| since.as_micros() as u64)
+        });
+        Broadcast {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    subscribers: Vec::new(),
+                    prune_at: 64,
+                    history: VecDeque::new(),
+                    history_size: 0,
+                    before_history: first_id.saturating_sub(1).to_string().into(),
+                    next_id: first_id,
+                    stats: BroadcastStats::default(),
+                }),
+                history_events: self.history_events,
+                history_bytes: self.history_bytes,
+                slow_client: self.slow_client,
+                reset: self.reset,
+            }),
+        }
+    }
+}
+
+impl Broadcast {
+    /// A hub without history, disconnecting slow clients.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a hub with a history or another slow-client policy.
+    pub fn builder() -> BroadcastBuilder {
+        BroadcastBuilder {
+            history_events: 0,
+            history_bytes: usize::MAX,
+            slow_client: SlowClient::Disconnect,
+            first_id: None,
+            reset: Event::new().event("reset").data(""),
+        }
+    }
+
+    /// Subscribes `conn` (the hub keeps a clone), first replaying what it missed; see
+    /// [Replay](Broadcast#history-and-replay).
+    ///
+    /// A replay goes into the connection's buffer even past its bound: it is bounded by the
+    /// history instead.
+    pub fn subscribe(&self, conn: &Connection) -> Resume {
+        let mut state = self.lock();
+        let resume = match (self.has_history(), conn.last_event_id()) {
+            (true, Some(cursor)) => {
+                let after = if *cursor == *state.before_history {
+                    Some(0)
+                } else {
+                    state
+                        .history
+                        .iter()
+                        .rposition(|entry| *entry.id == *cursor)
+                        .map(|at| at + 1)
+                };
+                match after {
+                    Some(after) => {
+                        let frames = state.history.range(after..).map(|e| e.frame.clone());
+                        let count = frames.len();
+                        if !conn.send_unbounded(frames) {
+                            return Resume::Ended;
+                        }
+                        state.stats.deliveries += count as u64;
+                        Resume::Replayed(count)
+                    }
+                    None => {
+                        let newest = match state.history.back() {
+                            Some(entry) => &entry.id,
+                            None => &state.before_history,
+                        };
+                        let reset = self.inner.reset.clone().id(newest).finish();
+                        if !conn.send_unbounded([reset]) {
+                            return Resume::Ended;
+                        }
+                        state.stats.resets += 1;
+                        Resume::Reset
+                    }
+                }
+            }
+            _ if conn.is_closed() => return Resume::Ended,
+            _ => Resume::Live,
+        };
+        if state.subscribers.len() >= state.prune_at {
+            state.subscribers.retain(|s| !s.conn.is_closed());
+            state.prune_at = (state.subscribers.len() * 2).max(64);
+        }
+        state.subscribers.push(Subscriber { conn: conn.clone() });
+        resume
+    }
+
+    /// Sends `event` to every subscriber and returns how many it reached.
+    ///
+    /// The event is encoded once; every subscriber gets the same bytes. With a history, an
+    /// event without an id gets the next id, and the event is kept for replay even when no one
+    /// is subscribed. Subscribers whose client has gone are forgotten; those whose buffer is
+    /// full are handled by the [`SlowClient`] policy. It never waits.
+    ///
+    /// # Errors
+    ///
+    /// When the event cannot be encoded; nothing is sent.
+    pub fn send(&self, event: impl Into<Event>) -> Result<usize, EncodeError> {
+        let mut event = event.into();
+        event.validate()?;
+        let mut state = self.lock();
+        let state = &mut *state;
+        if self.has_history() {
+            let id = if event.has_id() {
+                None
+            } else {
+                let id = state.next_id;
+                state.next_id += 1;
+                Some(id.to_string())
+            };
+            if let Some(id) = &id {
+                event = event.id(id);
+            }
+            let id = match id {
+                Some(id) => id.into(),
+                None => event.last_id().unwrap_or_default().into(),
+            };
+            let frame = event.finish();
+            self.remember(state, id, frame.clone());
+            Ok(self.deliver(state, &frame))
+        } else {
+            Ok(self.deliver(state, &event.finish()))
+        }
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> BroadcastStats {
+        let mut state = self.lock();
+        state.subscribers.retain(|s| !s.conn.is_closed());
+        BroadcastStats {
+            subscribers: state.subscribers.len(),
+            ..state.stats
+        }
+    }
+
+    /// Closes every subscriber's stream once what is queued has been sent, and forgets them.
+    pub fn close_all(&self) {
+        let subscribers = std::mem::take(&mut self.lock().subscribers);
+        for subscriber in subscribers {
+            subscriber.conn.close();
+        }
+    }
+
+    fn deliver(&self, state: &mut State, frame: &Bytes) -> usize {
+        let mut reached = 0;
+        let stats = &mut state.stats;
+        let policy = self.inner.slow_client;
+        state
+            .subscribers
+            .retain(|subscriber| match subscriber.conn.try_send(frame.clone()) {
+                Ok(()) => {
+                    reached += 1;
+                    true
+                }
+                Err((Refused::Full, _)) if policy == SlowClient::Skip => {
+                    stats.events_skipped += 1;
+                    true
+                }
+                Err((Refused::Full, _)) => {
+                    subscriber.conn.close();
+                    stats.slow_disconnects += 1;
+                    false
+                }
+                Err((Refused::Ended, _)) => false,
+            });
+        stats.events_sent += 1;
+        stats.deliveries += reached as u64;
+        reached
+    }
+
+    fn remember(&self, state: &mut State, id: Box<str>, frame: Bytes) {
+        state.history_size += frame.len();
+        state.history.push_back(Entry { id, frame });
+        while state.history.len() > self.inner.history_events
+            || state.history_size > self.inner.history_bytes
+        {
+            let Some(oldest) = state.history.pop_front() else {
+                break;
+            };
+            state.history_size -= oldest.frame.len();
+            state.before_history = oldest.id;
+        }
+    }
+
+    fn has_history(&self) -> bool {
+        self.inner.history_events > 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across user code, so a poisoned lock still holds a
+        // consistent state.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Default for Broadcast {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Broadcast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("history_events", &self.inner.history_events)
+            .field("history_bytes", &self.inner.history_bytes)
+            .field("slow_client", &self.inner.slow_client)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventStreamBody;
+    use http_body::Body;
+    use std::{
+        pin::Pin,
+        task::{Context, Poll, Waker},
+    };
+
+    fn client(capacity: usize, last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
+        let (conn, shared) = Connection::new(capacity, last_event_id.map(Box::from));
+        (conn, EventStreamBody::stream(shared, None, None))
+    }
+
+    /// Every frame the body has ready now, joined.
+    fn ready(body: &mut EventStreamBody) -> String {
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut *body).poll_frame(&mut cx) {
+            out.extend_from_slice(frame.data_ref().expect("data frame"));
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    fn hub(history: usize) -> Broadcast {
+        Broadcast::builder().history(history).first_id(1).build()
+    }
+
+    #[test]
+    fn events_without_id_get_increasing_ids_with_history() {
+        let hub = hub(10);
+        let (conn, mut body) = client(8, None);
+        assert_eq!(hub.subscribe(&conn), Resume::Live);
+        hub.send("a").unwrap();
+        hub.send(Event::new().id("mine").data("b")).unwrap();
+        hub.send("c").unwrap();
+        assert_eq!(
+            ready(&mut body),
+            "data: a\nid: 1\n\nid: mine\ndata: b\n\ndata: c\nid: 2\n\n"
+        );
+    }
+
+    #[test]
+    fn without_history_events_are_sent_as_they_are() {
+        let hub = Broadcast::new();
+        let (conn, mut body) = client(8, Some("3"));
+        assert_eq!(hub.subscribe(&conn), Resume::Live);
+        assert_eq!(hub.send("a"), Ok(1));
+        assert_eq!(ready(&mut body), "data: a\n\n");
+    }
+
+    #[test]
+    fn replay_after_a_known_id_is_exact_and_comes_before_live_events() {
+        let hub = hub(10);
+        for text in ["1", "2", "3", "4", "5"] {
+            hub.send(text).unwrap();
+        }
+        let (conn, mut body) = client(8, Some("2"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(3));
+        hub.send("6").unwrap();
+        assert_eq!(
+            ready(&mut body),
+            "data: 3\nid: 3\n\ndata: 4\nid: 4\n\ndata: 5\nid: 5\n\ndata: 6\nid: 6\n\n"
+        );
+    }
+
+    #[test]
+    fn replay_from_the_newest_id_sends_nothing_old() {
+        let hub = hub(10);
+        hub.send("1").unwrap();
+        let (conn, mut body) = client(8, Some("1"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(0));
+        assert_eq!(ready(&mut body), "");
+    }
+
+    #[test]
+    fn replay_finds_user_ids() {
+        let hub = hub(10);
+        hub.send(Event::new().id("x").data("1")).unwrap();
+        hub.send(Event::new().id("y").data("2")).unwrap();
+        let (conn, mut body) = client(8, Some("x"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(1));
+        assert_eq!(ready(&mut body), "id: y\ndata: 2\n\n");
+    }
+
+    #[test]
+    fn the_id_just_before_the_history_replays_all_of_it() {
+        let hub = hub(3);
+        for text in ["1", "2", "3", "4", "5"] {
+            hub.send(text).unwrap();
+        }
+        let (conn, mut body) = client(8, Some("2"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(3));
+        assert_eq!(
+            ready(&mut body),
+            "data: 3\nid: 3\n\ndata: 4\nid: 4\n\ndata: 5\nid: 5\n\n"
+        );
+    }
+
+    #[test]
+    fn a_cursor_older_than_the_history_gets_the_reset_event_with_the_newest_id() {
+        let hub = hub(3);
+        for text in ["1", "2", "3", "4", "5"] {
+            hub.send(text).unwrap();
+        }
+        let (conn, mut body) = client(8, Some("1"));
+        assert_eq!(hub.subscribe(&conn), Resume::Reset);
+        hub.send("6").unwrap();
+        assert_eq!(
+            ready(&mut body),
+            "event: reset\ndata: \nid: 5\n\ndata: 6\nid: 6\n\n"
+        );
+        assert_eq!(hub.stats().resets, 1);
+    }
+
+    #[test]
+    fn an_unknown_cursor_on_an_empty_history_resets_to_before_the_first_id() {
+        let hub = Broadcast::builder().history(3).first_id(100).build();
+        let (conn, mut body) = client(8, Some("forged\u{e9}"));
+        assert_eq!(hub.subscribe(&conn), Resume::Reset);
+        assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 99\n\n");
+        // Reconnecting with the id from the reset event resumes without a gap.
+        hub.send("a").unwrap();
+        let (again, mut body) = client(8, Some("99"));
+        assert_eq!(hub.subscribe(&again), Resume::Replayed(1));
+        assert_eq!(ready(&mut body), "data: a\nid: 100\n\n");
+    }
+
+    #[test]
+    fn the_reset_event_can_be_chosen() {
+        let hub = Broadcast::builder()
+            .history(3)
+            .first_id(1)
+            .reset_event(Event::new().event("reload").data("state is gone"))
+            .build();
+        let (conn, mut body) = client(8, Some("7"));
+        assert_eq!(hub.subscribe(&conn), Resume::Reset);
+        assert_eq!(
+            ready(&mut body),
+            "event: reload\ndata: state is gone\nid: 0\n\n"
+        );
+    }
+
+    #[test]
+    fn the_history_byte_budget_evicts_old_events() {
+        // Each event "data: N\nid: N\n\n" is 15 bytes.
+        let hub = Broadcast::builder()
+            .history(100)
+            .history_bytes(30)
+            .first_id(1)
+            .build();
+        for text in ["1", "2", "3", "4"] {
+            hub.send(text).unwrap();
+        }
+        let (old, _body) = client(8, Some("1"));
+        assert_eq!(hub.subscribe(&old), Resume::Reset);
+        let (recent, mut body) = client(8, Some("2"));
+        assert_eq!(hub.subscribe(&recent), Resume::Replayed(2));
+        assert_eq!(ready(&mut body), "data: 3\nid: 3\n\ndata: 4\nid: 4\n\n");
+    }
+
+    #[test]
+    fn a_stalled_subscriber_is_disconnected_while_a_thousand_others_get_every_event() {
+        let hub = hub(100);
+        let (stalled, mut stalled_body) = client(4, None);
+        hub.subscribe(&stalled);
+        let mut others: Vec<_> = (0..1000).map(|_| client(16, None)).collect();
+        for (conn, _) in &others {
+            hub.subscribe(conn);
+        }
+        let mut expected = String::new();
+        for i in 1..=10 {
+            let reached = hub.send(i.to_string()).unwrap();
+            assert_eq!(reached, if i <= 4 { 1001 } else { 1000 });
+            expected.push_str(&format!("data: {i}\nid: {i}\n\n"));
+        }
+        for (_, body) in &mut others {
+            assert_eq!(ready(body), expected);
+        }
+        assert!(stalled.is_closed());
+        // What was queued before the disconnect still goes out, then the stream ends.
+        let queued: String = (1..=4).map(|i| format!("data: {i}\nid: {i}\n\n")).collect();
+        assert_eq!(ready(&mut stalled_body), queued);
+        assert!(stalled_body.is_end_stream());
+        let stats = hub.stats();
+        assert_eq!(stats.slow_disconnects, 1);
+        assert_eq!(stats.subscribers, 1000);
+        assert_eq!(stats.events_sent, 10);
+        assert_eq!(stats.deliveries, 10_004);
+    }
+
+    #[test]
+    fn with_skip_a_stalled_subscriber_misses_counted_events_and_stays() {
+        let hub = Broadcast::builder()
+            .history(100)
+            .first_id(1)
+            .slow_client(SlowClient::Skip)
+            .build();
+        let (stalled, mut stalled_body) = client(4, None);
+        hub.subscribe(&stalled);
+        let (other, mut other_body) = client(16, None);
+        hub.subscribe(&other);
+        for i in 1..=10 {
+            hub.send(i.to_string()).unwrap();
+        }
+        assert!(!stalled.is_closed());
+        assert_eq!(hub.stats().events_skipped, 6);
+        assert_eq!(ready(&mut other_body).matches("data:").count(), 10);
+        assert_eq!(ready(&mut stalled_body).matches("data:").count(), 4);
+        hub.send("11").unwrap();
+        assert_eq!(ready(&mut stalled_body), "data: 11\nid: 11\n\n");
+    }
+
+    #[test]
+    fn send_encodes_once_for_ten_thousand_subscribers() {
+        let hub = hub(10);
+        let mut clients: Vec<_> = (0..10_000).map(|_| client(4, None)).collect();
+        for (conn, _) in &clients {
+            hub.subscribe(conn);
+        }
+        assert_eq!(hub.send("shared"), Ok(10_000));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut pointers = std::collections::HashSet::new();
+        for (_, body) in &mut clients {
+            let Poll::Ready(Some(Ok(frame))) = Pin::new(body).poll_frame(&mut cx) else {
+                panic!("no frame queued");
+            };
+            let data = frame.into_data().expect("data frame");
+            assert_eq!(&data[..], b"data: shared\nid: 1\n\n");
+            pointers.insert(data.as_ptr());
+        }
+        assert_eq!(pointers.len(), 1, "every subscriber got the same bytes");
+    }
+
+    #[test]
+    fn gone_subscribers_are_forgotten() {
+        let hub = Broadcast::new();
+        let (a, body_a) = client(4, None);
+        let (b, _body_b) = client(4, None);
+        hub.subscribe(&a);
+        hub.subscribe(&b);
+        drop(body_a);
+        assert_eq!(hub.send("x"), Ok(1));
+        assert_eq!(hub.stats().subscribers, 1);
+    }
+
+    #[test]
+    fn subscribers_of_an_idle_hub_are_pruned_as_they_go() {
+        let hub = Broadcast::new();
+        for _ in 0..1000 {
+            let (conn, body) = client(4, None);
+            hub.subscribe(&conn);
+            drop(body);
+        }
+        assert!(hub.lock().subscribers.len() <= 128);
+    }
+
+    #[test]
+    fn invalid_events_are_not_sent_and_take_no_id() {
+        let hub = hub(10);
+        let (conn, mut body) = client(4, None);
+        hub.subscribe(&conn);
+        assert_eq!(
+            hub.send(Event::new().event("x")),
+            Err(EncodeError::EventNameWithoutData)
+        );
+        hub.send("ok").unwrap();
+        assert_eq!(ready(&mut body), "data: ok\nid: 1\n\n");
+    }
+
+    #[test]
+    fn close_all_ends_every_stream_after_its_queue() {
+        let hub = Broadcast::new();
+        let (conn, mut body) = client(4, None);
+        hub.subscribe(&conn);
+        hub.send("bye").unwrap();
+        hub.close_all();
+        assert_eq!(ready(&mut body), "data: bye\n\n");
+        assert!(body.is_end_stream());
+        assert_eq!(hub.stats().subscribers, 0);
+    }
+}
