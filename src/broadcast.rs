@@ -413,7 +413,7 @@ mod tests {
     };
 
     fn client(capacity: usize, last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
-        let (conn, shared) = Connection::new(capacity, last_event_id.map(Box::from));
+        let (conn, shared) = Connection::new(capacity, None, last_event_id.map(Box::from));
         (conn, EventStreamBody::stream(shared, None, None))
     }
 

@@ -7,8 +7,9 @@ use std::{
     fmt,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
+    time::Duration,
 };
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 /// Queued events are joined into one body frame up to this many bytes.
 const MAX_FRAME: usize = 64 * 1024;
@@ -38,6 +39,7 @@ pub(crate) struct Shared {
     /// Woken when the stream ends.
     ended: Notify,
     capacity: usize,
+    send_timeout: Option<Duration>,
     last_event_id: Option<Box<str>>,
 }
 
@@ -46,6 +48,10 @@ struct State {
     phase: Phase,
     handles: usize,
     body: Option<Waker>,
+    /// How many times the body has taken frames.
+    takes: u64,
+    /// When a push first found the buffer full, and the value of `takes` then.
+    full_since: Option<(u64, Instant)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,17 +73,24 @@ pub(crate) enum Refused {
 
 impl Connection {
     /// A new handle and the shared queue for the body to read.
-    pub(crate) fn new(capacity: usize, last_event_id: Option<Box<str>>) -> (Self, Arc<Shared>) {
+    pub(crate) fn new(
+        capacity: usize,
+        send_timeout: Option<Duration>,
+        last_event_id: Option<Box<str>>,
+    ) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 phase: Phase::Open,
                 handles: 1,
                 body: None,
+                takes: 0,
+                full_since: None,
             }),
             room: Notify::new(),
             ended: Notify::new(),
             capacity: capacity.max(1),
+            send_timeout,
             last_event_id,
         });
         (
@@ -169,7 +182,13 @@ impl Connection {
                 Err((Refused::Full, frame)) => frame,
                 other => return other.map_err(|(refused, _)| refused),
             };
-            room.await;
+            match self.shared.stall_deadline() {
+                // Wake up at the deadline to end the stalled stream.
+                Some(deadline) => {
+                    let _ = tokio::time::timeout_at(deadline, room).await;
+                }
+                None => room.await,
+            }
         }
     }
 
@@ -179,9 +198,12 @@ impl Connection {
     }
 
     /// Queues `item`, encoded by `encode` once it is known to fit, or hands it back.
+    ///
+    /// A full buffer that the body has not taken from for the send timeout ends the stream.
     fn offer<T>(&self, item: T, encode: impl FnOnce(T) -> Bytes) -> Result<(), (Refused, T)> {
         let mut state = self.shared.lock();
-        match state.phase {
+        let phase = state.phase;
+        match phase {
             Phase::Open if state.queue.len() < self.shared.capacity => {
                 state.queue.push_back(encode(item));
                 let body = state.body.take();
@@ -189,7 +211,12 @@ impl Connection {
                 wake(body);
                 Ok(())
             }
-            Phase::Open => Err((Refused::Full, item)),
+            Phase::Open if !self.shared.stalled(&mut state) => Err((Refused::Full, item)),
+            Phase::Open => {
+                drop(state);
+                self.shared.end(Phase::Gone);
+                Err((Refused::Ended, item))
+            }
             Phase::Closing | Phase::Gone => Err((Refused::Ended, item)),
         }
     }
@@ -268,6 +295,42 @@ impl Shared {
         self.ended.notify_waiters();
     }
 
+    /// Whether the full buffer has not been taken from for the send timeout. The first call
+    /// that finds it full starts the clock.
+    fn stalled(&self, state: &mut State) -> bool {
+        let Some(timeout) = self.send_timeout else {
+            return false;
+        };
+        match state.full_since {
+            Some((takes, since)) if takes == state.takes => since.elapsed() >= timeout,
+            _ => {
+                state.full_since = Some((state.takes, Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// When a full buffer counts as stalled, if it is full now.
+    fn stall_deadline(&self) -> Option<Instant> {
+        let timeout = self.send_timeout?;
+        let state = self.lock();
+        match state.full_since {
+            Some((takes, since)) if takes == state.takes => Some(since + timeout),
+            _ => None,
+        }
+    }
+
+    /// Graceful shutdown: queues `farewell` past the buffer's bound and closes the stream.
+    pub(crate) fn shut_down(&self, farewell: Option<&Bytes>) {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return;
+        }
+        state.queue.extend(farewell.cloned());
+        drop(state);
+        self.end(Phase::Closing);
+    }
+
     /// The next frame for the body: every queued event joined (up to [`MAX_FRAME`] bytes),
     /// `None` once the stream has ended and the queue is empty.
     pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -299,6 +362,7 @@ impl Shared {
             }
             _ => first,
         };
+        state.takes += 1;
         drop(state);
         if was_full {
             self.room.notify_waiters();

@@ -98,6 +98,7 @@ mod connection;
 mod error;
 mod event;
 mod service;
+mod shutdown;
 
 pub use body::EventStreamBody;
 pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, SlowClient};
@@ -105,3 +106,4 @@ pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
+pub use shutdown::Shutdown;

@@ -1,6 +1,6 @@
 //! The service, [`EventSourceService`], that answers a request with an event stream.
 
-use crate::{body::EventStreamBody, Connection, Event};
+use crate::{body::EventStreamBody, connection::Shared, Connection, Event, Shutdown};
 use http::{
     header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
     StatusCode,
@@ -56,16 +56,19 @@ struct Config {
     headers: HeaderMap,
     keep_alive: Option<Duration>,
     buffer: usize,
+    send_timeout: Option<Duration>,
     retry: Option<Duration>,
     methods: Vec<Method>,
     check: Option<Arc<Check>>,
+    shutdown: Option<Shutdown>,
 }
 
 impl<H> EventSourceService<H> {
     /// A service that runs `handler` for each accepted request.
     ///
-    /// Defaults: keep-alive every 15 seconds of silence, a buffer of 64 events, no initial
-    /// `retry`, methods `GET` and `HEAD`, no check.
+    /// Defaults: keep-alive after 15 seconds of silence, a buffer of 64 events, a send timeout
+    /// of 30 seconds, no initial `retry`, methods `GET` and `HEAD`, no check, no graceful
+    /// shutdown handle.
     pub fn new<B, F>(handler: H) -> Self
     where
         H: Fn(Connection, Request<B>) -> F,
@@ -87,9 +90,11 @@ impl<H> EventSourceService<H> {
                 headers,
                 keep_alive: Some(Duration::from_secs(15)),
                 buffer: 64,
+                send_timeout: Some(Duration::from_secs(30)),
                 retry: None,
                 methods: vec![Method::GET, Method::HEAD],
                 check: None,
+                shutdown: None,
             }),
         }
     }
@@ -135,6 +140,28 @@ impl<H> EventSourceService<H> {
     /// [`Connection::try_push`] reports the buffer full. Zero is raised to one.
     pub fn buffer(mut self, events: usize) -> Self {
         Arc::make_mut(&mut self.config).buffer = events.max(1);
+        self
+    }
+
+    /// Ends a stream whose client has stopped reading: when the buffer is full and the server
+    /// has not taken anything from it for `timeout`, the stream ends, its queued events are
+    /// dropped, [`Connection::closed`] resolves and pushes fail. This bounds what a stuck or
+    /// vanished client holds to the buffer. It is checked when a push finds the buffer full
+    /// ([`Connection::push`] waits at most that long).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.config).send_timeout = Some(timeout);
+        self
+    }
+
+    /// Never ends a stream for being stalled; [`Connection::push`] may wait for ever.
+    pub fn without_send_timeout(mut self) -> Self {
+        Arc::make_mut(&mut self.config).send_timeout = None;
+        self
+    }
+
+    /// Ends this service's streams when `shutdown` is triggered; see [`Shutdown`].
+    pub fn graceful_shutdown(mut self, shutdown: &Shutdown) -> Self {
+        Arc::make_mut(&mut self.config).shutdown = Some(shutdown.clone());
         self
     }
 
@@ -232,9 +259,19 @@ impl<H> EventSourceService<H> {
                 .filter(|value| value.len() <= MAX_LAST_EVENT_ID)
                 .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
                 .map(Box::from);
-            let (conn, shared) = Connection::new(config.buffer, last_event_id);
-            let handler = Arc::clone(&self.handler);
-            runtime.spawn(async move { handler(conn, req).await.report() });
+            let (conn, shared) = Connection::new(config.buffer, config.send_timeout, last_event_id);
+            let open = config
+                .shutdown
+                .as_ref()
+                .is_none_or(|shutdown| shutdown.register(&shared));
+            if open {
+                let handler = Arc::clone(&self.handler);
+                let guard = PanicGuard(Arc::clone(&shared));
+                runtime.spawn(async move {
+                    handler(conn, req).await.report();
+                    drop(guard);
+                });
+            }
             let first = config.retry.map(|retry| Event::new().retry(retry).finish());
             EventStreamBody::stream(shared, first, config.keep_alive)
         };
@@ -260,9 +297,11 @@ impl<H> fmt::Debug for EventSourceService<H> {
             .field("headers", &config.headers)
             .field("keep_alive", &config.keep_alive)
             .field("buffer", &config.buffer)
+            .field("send_timeout", &config.send_timeout)
             .field("retry", &config.retry)
             .field("methods", &config.methods)
             .field("check", &config.check.is_some())
+            .field("shutdown", &config.shutdown)
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +364,26 @@ impl HandlerOutput for () {
 
 impl<E: fmt::Display + Send + 'static> HandlerOutput for Result<(), E> {
     fn report(self) {
+        #[cfg(feature = "tracing")]
+        if let Err(error) = self {
+            tracing::debug!(%error, "event-stream handler returned an error");
+        }
+        #[cfg(not(feature = "tracing"))]
         let _ = self;
+    }
+}
+
+/// Ends the stream of a handler that panics, so that clones of its connection held elsewhere
+/// (by a [`Broadcast`](crate::Broadcast), say) do not keep it open.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            #[cfg(feature = "tracing")]
+            tracing::error!("event-stream handler panicked; its stream was ended");
+            self.0.shut_down(None);
+        }
     }
 }
 
