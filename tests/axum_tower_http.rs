@@ -1,0 +1,170 @@
+//! The service mounted in an axum `Router`, served by `axum::serve` on 127.0.0.1, behind
+//! tower-http's `CorsLayer` (preflight for `Last-Event-ID`, credentials) and `CompressionLayer`
+//! (the stream is not compressed, so not buffered). Run with `cargo test --test axum_tower_http`.
+
+mod common;
+
+use axum::{body::Body, routing::get, Router};
+use common::{message, next_event, read_events, Client, Proto, BOUND};
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use std::{future::Ready, net::SocketAddr};
+use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use tower_eventsource::{Connection, EventSourceService};
+use tower_http::{compression::CompressionLayer, cors::CorsLayer};
+
+const ORIGIN: &str = "https://app.example";
+
+/// A service whose handler hands each connection to `tx` (so to the test) and returns.
+fn handover(
+    tx: mpsc::UnboundedSender<Connection>,
+) -> EventSourceService<impl Fn(Connection, Request<Body>) -> Ready<()> + Send + Sync + 'static> {
+    EventSourceService::new(move |conn: Connection, _req: Request<Body>| {
+        let _ = tx.send(conn);
+        std::future::ready(())
+    })
+}
+
+async fn next_connection(rx: &mut mpsc::UnboundedReceiver<Connection>) -> Connection {
+    timeout(BOUND, rx.recv())
+        .await
+        .expect("the handler runs")
+        .expect("the handler sends its connection")
+}
+
+/// Serves `app` with `axum::serve` on 127.0.0.1; the server stops with the test's runtime.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(HeaderValue::from_static(ORIGIN))
+        .allow_credentials(true)
+        .allow_methods([Method::GET])
+        .allow_headers([
+            header::HeaderName::from_static("last-event-id"),
+            header::AUTHORIZATION,
+        ])
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_last_event_id() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = handover(tx);
+    let app = Router::new()
+        .route_service("/events", service)
+        .layer(cors());
+    let addr = serve(app).await;
+    let mut client = Client::connect(addr, Proto::Http1).await;
+
+    let preflight = client
+        .request(Method::OPTIONS, "/events")
+        .header(header::ORIGIN, ORIGIN)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "last-event-id");
+    let response = client.send(preflight).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], ORIGIN);
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    let allowed = headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.split(',').any(|h| h.trim() == "last-event-id"),
+        "allowed headers: {allowed}"
+    );
+    assert!(headers[header::ACCESS_CONTROL_ALLOW_METHODS]
+        .to_str()
+        .unwrap()
+        .contains("GET"));
+    // The preflight was answered by the layer: the handler did not run.
+    let _ = timeout(BOUND, response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn cors_get_with_origin_streams_with_the_cors_headers() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = handover(tx);
+    let app = Router::new()
+        .route_service("/events", service)
+        .layer(cors());
+    let addr = serve(app).await;
+    let mut client = Client::connect(addr, Proto::Http1).await;
+
+    let get = client
+        .request(Method::GET, "/events")
+        .header(header::ORIGIN, ORIGIN)
+        .header("last-event-id", "41");
+    let response = client.send(get).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], ORIGIN);
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream");
+    assert!(!headers.contains_key(header::CONTENT_LENGTH));
+
+    let conn = next_connection(&mut rx).await;
+    assert_eq!(conn.last_event_id(), Some("41"));
+    let mut events = read_events(response.into_body());
+    conn.push(tower_eventsource::Event::new().id("42").data("next"))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut events).await, message("next", "42"));
+}
+
+#[tokio::test]
+async fn compression_leaves_the_stream_alone_and_unbuffered() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = handover(tx);
+    let app = Router::new()
+        .route_service("/events", service)
+        // A control route: the same layer does compress an ordinary text response.
+        .route("/text", get(|| async { "compress me ".repeat(200) }))
+        .layer(CompressionLayer::new());
+    let addr = serve(app).await;
+    let mut client = Client::connect(addr, Proto::Http1).await;
+
+    let text = client
+        .request(Method::GET, "/text")
+        .header(header::ACCEPT_ENCODING, "gzip");
+    let response = client.send(text).await;
+    assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+    let _ = timeout(BOUND, response.into_body().collect())
+        .await
+        .unwrap();
+
+    let sse = client
+        .request(Method::GET, "/events")
+        .header(header::ACCEPT_ENCODING, "gzip");
+    let response = client.send(sse).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        !response.headers().contains_key(header::CONTENT_ENCODING),
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+
+    let conn = next_connection(&mut rx).await;
+    let mut events = read_events(response.into_body());
+    for i in 0..3 {
+        let data = format!("event {i}");
+        conn.push(data.as_str()).await.unwrap();
+        // Readable before the next push: nothing holds it back to fill a compression block.
+        assert_eq!(next_event(&mut events).await, message(&data, ""));
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
+//! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
+//! Not a test on its own; used by `tests/server.rs` and `tests/axum_tower_http.rs`.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
+use http::{header, Method, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::{net::SocketAddr, pin::Pin, time::Duration};
+use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
+
+/// Upper bound for things that should happen at once on 127.0.0.1; only reached when a test
+/// fails, so a slow machine does not make the tests flaky.
+pub(crate) const BOUND: Duration = Duration::from_secs(5);
+
+/// The HTTP version a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Http1,
+    Http2,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    Http2(http2::SendRequest<Empty<Bytes>>),
+}
+
+/// One client connection, driven by its own task.
+pub(crate) struct Client {
+    sender: Sender,
+    driver: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl Client {
+    pub(crate) async fn connect(addr: SocketAddr, proto: Proto) -> Client {
+        let tcp = timeout(BOUND, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let io = TokioIo::new(tcp);
+        let (sender, driver) = match proto {
+            Proto::Http1 => {
+                let (sender, conn) = http1::handshake(io).await.expect("HTTP/1 handshake");
+                (
+                    Sender::Http1(sender),
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
+            }
+            Proto::Http2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .expect("HTTP/2 handshake");
+                (
+                    Sender::Http2(sender),
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
+            }
+        };
+        Client {
+            sender,
+            driver,
+            addr,
+        }
+    }
+
+    /// A request for `path` on this server, in the form the protocol needs.
+    pub(crate) fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        match self.sender {
+            Sender::Http1(_) => Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, self.addr.to_string()),
+            Sender::Http2(_) => Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", self.addr)),
+        }
+    }
+
+    /// Sends a request and waits (bounded) for the response head.
+    pub(crate) async fn send(&mut self, req: http::request::Builder) -> Response<Incoming> {
+        let req = req.body(Empty::new()).expect("valid request");
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                timeout(BOUND, sender.ready()).await.unwrap().unwrap();
+                timeout(BOUND, sender.send_request(req)).await
+            }
+            Sender::Http2(sender) => {
+                timeout(BOUND, sender.ready()).await.unwrap().unwrap();
+                timeout(BOUND, sender.send_request(req)).await
+            }
+        };
+        response
+            .expect("the response head arrives in time")
+            .expect("the request succeeds")
+    }
+
+    /// A GET of `path`, waiting for the response head.
+    pub(crate) async fn get(&mut self, path: &str) -> Response<Incoming> {
+        let req = self.request(Method::GET, path);
+        self.send(req).await
+    }
+
+    /// Closes the TCP connection: the driver task, which owns the socket, is stopped.
+    pub(crate) async fn disconnect(self) {
+        drop(self.sender);
+        self.driver.abort();
+        let _ = self.driver.await;
+    }
+}
+
+pub(crate) type Events = Pin<
+    Box<
+        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<hyper::Error>>> + Send,
+    >,
+>;
+
+/// Reads a response body as Server-Sent Events with `eventsource-stream`.
+pub(crate) fn read_events(body: Incoming) -> Events {
+    Box::pin(body.into_data_stream().eventsource())
+}
+
+/// The next event, which must arrive in time.
+pub(crate) async fn next_event(events: &mut Events) -> eventsource_stream::Event {
+    timeout(BOUND, events.next())
+        .await
+        .expect("an event arrives in time")
+        .expect("the stream has not ended")
+        .expect("the stream parses")
+}
+
+/// Waits (bounded) for the stream to end cleanly, with no further event.
+pub(crate) async fn assert_ends(events: &mut Events) {
+    match timeout(BOUND, events.next()).await {
+        Ok(None) => {}
+        Ok(Some(other)) => panic!("expected the end of the stream, got {other:?}"),
+        Err(_) => panic!("the stream did not end in time"),
+    }
+}
+
+/// What a browser would receive for a data-only `message` event.
+pub(crate) fn message(data: &str, id: &str) -> eventsource_stream::Event {
+    eventsource_stream::Event {
+        event: "message".into(),
+        data: data.into(),
+        id: id.into(),
+        retry: None,
+    }
+}
