@@ -77,6 +77,13 @@ impl EventStreamBody {
     }
 }
 
+impl Default for EventStreamBody {
+    /// An empty body, as layers such as tower-http's `Cors` use for their own responses.
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl Body for EventStreamBody {
     type Data = Bytes;
     type Error = Infallible;

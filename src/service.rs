@@ -24,7 +24,8 @@ type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 /// A [`Service`] that answers each request with a stream of Server-Sent Events.
 ///
 /// For each accepted request it creates a [`Connection`], spawns the handler with it and the
-/// request on the current tokio runtime, and returns the streaming response at once, so the
+/// request on the current tokio runtime (which must have its time driver enabled, as
+/// `#[tokio::main]` and `Runtime::new` do, for keep-alive and the send timeout), and returns the streaming response at once, so the
 /// browser's `open` event fires before the first event. The handler pushes events through the
 /// connection; the stream ends when the handler closes the connection or drops every clone of
 /// it, or when the client goes away.

@@ -168,3 +168,37 @@ async fn compression_leaves_the_stream_alone_and_unbuffered() {
         assert_eq!(next_event(&mut events).await, message(&data, ""));
     }
 }
+
+/// The layer wraps the service itself (not only a router), as the README's CORS HOWTO does:
+/// tower-http answers the preflight with the body's `Default`.
+#[tokio::test]
+async fn cors_layer_wraps_the_service_directly() {
+    use tower::{Layer, ServiceExt};
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let service = cors().layer(handover(tx));
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/events")
+        .header(header::ORIGIN, ORIGIN)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "last-event-id")
+        .body(Body::empty())
+        .unwrap();
+    let response = service.oneshot(preflight).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        ORIGIN
+    );
+    assert!(response.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap()
+        .contains("last-event-id"));
+    assert!(response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+}
