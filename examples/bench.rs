@@ -1,24 +1,34 @@
 //! Load benchmark of tower-eventsource against axum's `Sse` and a raw hyper body, over real
-//! sockets on 127.0.0.1. Run with `cargo run --release --example bench -- [--quick | --smoke]`;
+//! sockets on 127.0.0.1. Run with `cargo run --release --example bench -- [--quick]`;
 //! BENCHMARKS.md describes the scenarios and holds the results.
 //!
 //! Each run starts the server variant as a child process of this binary (`--serve VARIANT`),
 //! pinned to the second CPU, with a current-thread tokio runtime and hyper's HTTP/1 server with
-//! default settings; this process is the load client, a current-thread runtime pinned to the
-//! first CPU, talking HTTP/1 through hyper's client. Server and client read the same
-//! monotonic clock, so event timestamps cross the process boundary. Every count is bounded,
-//! every wait has a timeout, and a child exits when its standard input closes.
+//! default settings (and `TCP_NODELAY`); this process is the load client, a current-thread
+//! runtime pinned to the first CPU. Server and client read the same monotonic clock, so event
+//! timestamps cross the process boundary. Every count is bounded, every wait has a timeout,
+//! the whole run has a deadline, and a child exits when its standard input closes.
 //!
-//! Scenarios, each repeated and reported as the median of the repeats:
+//! Variants: `tower-eventsource` (`EventSourceService` with its defaults, plus `Broadcast` for
+//! fan-out), `axum-sse` (`axum::response::Sse` with its defaults, over a tokio mpsc receiver,
+//! or a tokio broadcast receiver for fan-out), `raw-hyper` (a hand-written body over a tokio
+//! mpsc of encoded events, one frame per event), and for idle memory `hyper-baseline` (a body
+//! that never sends, so what hyper itself holds per stream).
 //!
-//! 1. throughput: one connection, 1,000,000 data-only events of 32 bytes of data, pushed as
-//!    fast as the connection takes them; measured at the client from the first body byte to
-//!    the last event;
-//! 2. fan-out: K clients (1,000 and 10,000), 100 events broadcast to all of them, one event per
-//!    scheduler turn; deliveries per second from the first broadcast to the last receipt, and
-//!    the spread of the clients' completion times;
+//! Scenarios, each repeated (5 times, 3 with `--quick`) and reported as medians:
+//!
+//! 1. throughput: one connection, 1,000,000 data-only events of 32 bytes of data (40 bytes on
+//!    the wire), pushed as fast as the connection takes them; events per second from the first
+//!    body byte to the last event, read once through hyper's client and once straight from the
+//!    socket (a reader cheaper than any server, so that figure is the server's);
+//! 2. fan-out: K clients (1,000 and 10,000), 100 events broadcast to all of them back to back,
+//!    yielding to the scheduler between events; deliveries per second from the first broadcast
+//!    to the last receipt, and the clients' completion times;
 //! 3. idle: 10,000 open streams with nothing to send; the server's resident memory per stream;
 //! 4. latency: 1,000 clients, 100 events per second for 3 seconds; push-to-receive time.
+//!
+//! Other options: `--smoke` (small counts, once: checks that everything works), `--only
+//! throughput|fan-out|idle|latency`, `--variant NAME`, `--repeats N`, `--events N` (throughput).
 
 use axum::{
     response::{sse, Sse},
