@@ -3,6 +3,7 @@
 use crate::connection::Shared;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use std::{
     convert::Infallible,
     fmt,
@@ -10,7 +11,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -28,43 +28,48 @@ pub struct EventStreamBody {
 }
 
 enum Kind {
-    Stream(Box<Stream>),
+    Stream(Pin<Box<Stream>>),
     Empty,
 }
 
-struct Stream {
-    shared: Arc<Shared>,
-    /// Sent before anything else (the initial `retry:`).
-    first: Option<Bytes>,
-    keep_alive: Option<KeepAlive>,
-    done: bool,
+pin_project! {
+    /// The state of a streaming body, in one allocation with its keep-alive timer.
+    struct Stream {
+        shared: Arc<Shared>,
+        #[pin]
+        keep_alive: KeepAlive,
+        done: bool,
+    }
 }
 
-struct KeepAlive {
-    interval: Duration,
-    sleep: Pin<Box<Sleep>>,
-    last_frame: Instant,
+pin_project! {
+    #[project = KeepAliveProj]
+    enum KeepAlive {
+        On {
+            last_frame: Instant,
+            #[pin]
+            sleep: Sleep,
+        },
+        Off,
+    }
 }
 
 impl EventStreamBody {
     /// A body that streams what the connection queues.
-    pub(crate) fn stream(
-        shared: Arc<Shared>,
-        first: Option<Bytes>,
-        keep_alive: Option<Duration>,
-    ) -> Self {
-        let keep_alive = keep_alive.map(|interval| {
-            let now = Instant::now();
-            KeepAlive {
-                interval,
-                sleep: Box::pin(tokio::time::sleep_until(now + interval)),
-                last_frame: now,
+    pub(crate) fn stream(shared: Arc<Shared>) -> Self {
+        let keep_alive = match shared.keep_alive() {
+            Some(interval) => {
+                let now = Instant::now();
+                KeepAlive::On {
+                    last_frame: now,
+                    sleep: tokio::time::sleep_until(now + interval),
+                }
             }
-        });
+            None => KeepAlive::Off,
+        };
         EventStreamBody {
-            kind: Kind::Stream(Box::new(Stream {
+            kind: Kind::Stream(Box::pin(Stream {
                 shared,
-                first,
                 keep_alive,
                 done: false,
             })),
@@ -95,34 +100,42 @@ impl Body for EventStreamBody {
         let Kind::Stream(stream) = &mut self.get_mut().kind else {
             return Poll::Ready(None);
         };
-        if stream.done {
+        let mut this = stream.as_mut().project();
+        if *this.done {
             return Poll::Ready(None);
         }
-        let frame = match stream.first.take() {
-            Some(first) => first,
-            None => match stream.shared.poll_frame(cx) {
-                Poll::Ready(Some(frame)) => frame,
-                Poll::Ready(None) => {
-                    stream.done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => match &mut stream.keep_alive {
-                    Some(keep_alive) => ready!(keep_alive.poll_due(cx)),
-                    None => return Poll::Pending,
+        let frame = match this.shared.poll_frame(cx) {
+            Poll::Ready(Some(frame)) => frame,
+            Poll::Ready(None) => {
+                *this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => match this.keep_alive.as_mut().project() {
+                KeepAliveProj::On {
+                    last_frame,
+                    mut sleep,
+                } => loop {
+                    ready!(sleep.as_mut().poll(cx));
+                    let interval = this.shared.keep_alive().unwrap_or_default();
+                    let due = *last_frame + interval;
+                    if due <= Instant::now() {
+                        break Bytes::from_static(KEEP_ALIVE);
+                    }
+                    // A frame went out since the timer was set: wait the rest of the interval.
+                    sleep.as_mut().reset(due);
                 },
+                KeepAliveProj::Off => return Poll::Pending,
             },
         };
-        if let Some(keep_alive) = &mut stream.keep_alive {
-            keep_alive.last_frame = Instant::now();
+        if let KeepAliveProj::On { last_frame, .. } = this.keep_alive.project() {
+            *last_frame = Instant::now();
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Stream(stream) => {
-                stream.done || (stream.first.is_none() && stream.shared.is_finished())
-            }
+            Kind::Stream(stream) => stream.done || stream.shared.is_finished(),
             Kind::Empty => true,
         }
     }
@@ -131,21 +144,6 @@ impl Body for EventStreamBody {
         match &self.kind {
             Kind::Stream(_) => SizeHint::default(),
             Kind::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-impl KeepAlive {
-    /// Ready with a keep-alive frame once `interval` has passed without any frame.
-    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
-        loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            let due = self.last_frame + self.interval;
-            if due <= Instant::now() {
-                return Poll::Ready(Bytes::from_static(KEEP_ALIVE));
-            }
-            // A frame went out since the timer was set: wait the rest of the interval.
-            self.sleep.as_mut().reset(due);
         }
     }
 }

@@ -413,8 +413,13 @@ mod tests {
     };
 
     fn client(capacity: usize, last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
-        let (conn, shared) = Connection::new(capacity, None, last_event_id.map(Box::from));
-        (conn, EventStreamBody::stream(shared, None, None))
+        let limits = crate::connection::Limits {
+            buffer: capacity,
+            send_timeout: None,
+            keep_alive: None,
+        };
+        let (conn, shared) = Connection::new(Arc::new(limits), last_event_id.map(Box::from));
+        (conn, EventStreamBody::stream(shared))
     }
 
     /// Every frame the body has ready now, joined.

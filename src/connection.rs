@@ -34,13 +34,19 @@ pub struct Connection {
 /// What the handle and the body share.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Woken when the buffer gets room or the stream ends.
-    room: Notify,
-    /// Woken when the stream ends.
-    ended: Notify,
-    capacity: usize,
-    send_timeout: Option<Duration>,
+    /// Woken when the buffer gets room, and when the stream ends.
+    changed: Notify,
+    limits: Arc<Limits>,
     last_event_id: Option<Box<str>>,
+}
+
+/// Settings shared by every stream of a service.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Events a connection may queue; at least one.
+    pub(crate) buffer: usize,
+    pub(crate) send_timeout: Option<Duration>,
+    pub(crate) keep_alive: Option<Duration>,
 }
 
 struct State {
@@ -48,10 +54,8 @@ struct State {
     phase: Phase,
     handles: usize,
     body: Option<Waker>,
-    /// How many times the body has taken frames.
-    takes: u64,
-    /// When a push first found the buffer full, and the value of `takes` then.
-    full_since: Option<(u64, Instant)>,
+    /// When a push first found the buffer full since the body last took from it.
+    full_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,24 +77,17 @@ pub(crate) enum Refused {
 
 impl Connection {
     /// A new handle and the shared queue for the body to read.
-    pub(crate) fn new(
-        capacity: usize,
-        send_timeout: Option<Duration>,
-        last_event_id: Option<Box<str>>,
-    ) -> (Self, Arc<Shared>) {
+    pub(crate) fn new(limits: Arc<Limits>, last_event_id: Option<Box<str>>) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 phase: Phase::Open,
                 handles: 1,
                 body: None,
-                takes: 0,
                 full_since: None,
             }),
-            room: Notify::new(),
-            ended: Notify::new(),
-            capacity: capacity.max(1),
-            send_timeout,
+            changed: Notify::new(),
+            limits,
             last_event_id,
         });
         (
@@ -144,13 +141,13 @@ impl Connection {
     /// Resolves when the stream has ended: the client went away, or the stream was closed.
     pub async fn closed(&self) {
         loop {
-            let ended = self.shared.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if self.is_closed() {
                 return;
             }
-            ended.await;
+            changed.await;
         }
     }
 
@@ -175,7 +172,7 @@ impl Connection {
                 Err((Refused::Full, frame)) => frame,
                 other => return other.map_err(|(refused, _)| refused),
             };
-            let room = self.shared.room.notified();
+            let room = self.shared.changed.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             frame = match self.try_send(frame) {
@@ -204,7 +201,7 @@ impl Connection {
         let mut state = self.shared.lock();
         let phase = state.phase;
         match phase {
-            Phase::Open if state.queue.len() < self.shared.capacity => {
+            Phase::Open if state.queue.len() < self.shared.limits.buffer => {
                 state.queue.push_back(encode(item));
                 let body = state.body.take();
                 drop(state);
@@ -262,7 +259,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("phase", &state.phase)
             .field("queued", &state.queue.len())
-            .field("capacity", &self.shared.capacity)
+            .field("buffer", &self.shared.limits.buffer)
             .field("last_event_id", &self.shared.last_event_id)
             .finish()
     }
@@ -291,20 +288,19 @@ impl Shared {
         let body = state.body.take();
         drop(state);
         wake(body);
-        self.room.notify_waiters();
-        self.ended.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     /// Whether the full buffer has not been taken from for the send timeout. The first call
     /// that finds it full starts the clock.
     fn stalled(&self, state: &mut State) -> bool {
-        let Some(timeout) = self.send_timeout else {
+        let Some(timeout) = self.limits.send_timeout else {
             return false;
         };
         match state.full_since {
-            Some((takes, since)) if takes == state.takes => since.elapsed() >= timeout,
-            _ => {
-                state.full_since = Some((state.takes, Instant::now()));
+            Some(since) => since.elapsed() >= timeout,
+            None => {
+                state.full_since = Some(Instant::now());
                 false
             }
         }
@@ -312,12 +308,9 @@ impl Shared {
 
     /// When a full buffer counts as stalled, if it is full now.
     fn stall_deadline(&self) -> Option<Instant> {
-        let timeout = self.send_timeout?;
+        let timeout = self.limits.send_timeout?;
         let state = self.lock();
-        match state.full_since {
-            Some((takes, since)) if takes == state.takes => Some(since + timeout),
-            _ => None,
-        }
+        state.full_since.map(|since| since + timeout)
     }
 
     /// Graceful shutdown: queues `farewell` past the buffer's bound and closes the stream.
@@ -335,7 +328,7 @@ impl Shared {
     /// `None` once the stream has ended and the queue is empty.
     pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut state = self.lock();
-        let was_full = state.queue.len() >= self.capacity;
+        let was_full = state.queue.len() >= self.limits.buffer;
         let Some(first) = state.queue.pop_front() else {
             if state.phase != Phase::Open || state.handles == 0 {
                 return Poll::Ready(None);
@@ -362,12 +355,17 @@ impl Shared {
             }
             _ => first,
         };
-        state.takes += 1;
+        state.full_since = None;
         drop(state);
         if was_full {
-            self.room.notify_waiters();
+            self.changed.notify_waiters();
         }
         Poll::Ready(Some(frame))
+    }
+
+    /// How long the body waits without any frame before it sends a keep-alive comment.
+    pub(crate) fn keep_alive(&self) -> Option<Duration> {
+        self.limits.keep_alive
     }
 
     /// Whether the stream will produce no more frames.

@@ -251,7 +251,7 @@ impl std::error::Error for EncodeError {}
 
 /// Writes `prefix value LF`, for a value already known to hold no line break.
 fn put_field(buf: &mut BytesMut, prefix: &[u8], value: &str) {
-    buf.reserve(prefix.len() + value.len() + 1);
+    buf.reserve(prefix.len() + value.len() + 2);
     buf.extend_from_slice(prefix);
     buf.extend_from_slice(value.as_bytes());
     buf.put_u8(b'\n');
@@ -260,7 +260,9 @@ fn put_field(buf: &mut BytesMut, prefix: &[u8], value: &str) {
 /// Writes one `prefix segment LF` line per segment of `text`, split at CRLF, CR and LF.
 fn put_lines(buf: &mut BytesMut, prefix: &[u8], text: &str) {
     let mut rest = text.as_bytes();
-    buf.reserve(prefix.len() + rest.len() + 1);
+    // One byte more for the blank line that ends the event: a data-only event without line
+    // breaks is then exactly one allocation, which `freeze` keeps as it is.
+    buf.reserve(prefix.len() + rest.len() + 2);
     loop {
         match find_line_break(rest) {
             None => {

@@ -1,6 +1,10 @@
 //! The service, [`EventSourceService`], that answers a request with an event stream.
 
-use crate::{body::EventStreamBody, connection::Shared, Connection, Event, Shutdown};
+use crate::{
+    body::EventStreamBody,
+    connection::{Limits, Shared},
+    Connection, Event, Shutdown,
+};
 use http::{
     header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
     StatusCode,
@@ -55,9 +59,7 @@ pub struct EventSourceService<H> {
 #[derive(Clone)]
 struct Config {
     headers: HeaderMap,
-    keep_alive: Option<Duration>,
-    buffer: usize,
-    send_timeout: Option<Duration>,
+    limits: Arc<Limits>,
     retry: Option<Duration>,
     methods: Vec<Method>,
     check: Option<Arc<Check>>,
@@ -67,7 +69,7 @@ struct Config {
 impl<H> EventSourceService<H> {
     /// A service that runs `handler` for each accepted request.
     ///
-    /// Defaults: keep-alive after 15 seconds of silence, a buffer of 64 events, a send timeout
+    /// Defaults: keep-alive after 15 seconds of silence, a buffer of 256 events, a send timeout
     /// of 30 seconds, no initial `retry`, methods `GET` and `HEAD`, no check, no graceful
     /// shutdown handle.
     pub fn new<B, F>(handler: H) -> Self
@@ -89,9 +91,11 @@ impl<H> EventSourceService<H> {
             handler: Arc::new(handler),
             config: Arc::new(Config {
                 headers,
-                keep_alive: Some(Duration::from_secs(15)),
-                buffer: 64,
-                send_timeout: Some(Duration::from_secs(30)),
+                limits: Arc::new(Limits {
+                    buffer: 256,
+                    send_timeout: Some(Duration::from_secs(30)),
+                    keep_alive: Some(Duration::from_secs(15)),
+                }),
                 retry: None,
                 methods: vec![Method::GET, Method::HEAD],
                 check: None,
@@ -127,20 +131,20 @@ impl<H> EventSourceService<H> {
     /// not drop quiet streams and a dead client is noticed through the failed write. It never
     /// delays an event. An interval below one millisecond is raised to one millisecond.
     pub fn keep_alive(mut self, interval: Duration) -> Self {
-        Arc::make_mut(&mut self.config).keep_alive = Some(interval.max(Duration::from_millis(1)));
+        self.limits().keep_alive = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
     /// Sends no keep-alive comments.
     pub fn without_keep_alive(mut self) -> Self {
-        Arc::make_mut(&mut self.config).keep_alive = None;
+        self.limits().keep_alive = None;
         self
     }
 
     /// How many events each connection may queue before [`Connection::push`] waits and
     /// [`Connection::try_push`] reports the buffer full. Zero is raised to one.
     pub fn buffer(mut self, events: usize) -> Self {
-        Arc::make_mut(&mut self.config).buffer = events.max(1);
+        self.limits().buffer = events.max(1);
         self
     }
 
@@ -150,13 +154,13 @@ impl<H> EventSourceService<H> {
     /// vanished client holds to the buffer. It is checked when a push finds the buffer full
     /// ([`Connection::push`] waits at most that long).
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        Arc::make_mut(&mut self.config).send_timeout = Some(timeout);
+        self.limits().send_timeout = Some(timeout);
         self
     }
 
     /// Never ends a stream for being stalled; [`Connection::push`] may wait for ever.
     pub fn without_send_timeout(mut self) -> Self {
-        Arc::make_mut(&mut self.config).send_timeout = None;
+        self.limits().send_timeout = None;
         self
     }
 
@@ -216,6 +220,10 @@ impl<H> EventSourceService<H> {
         self
     }
 
+    fn limits(&mut self) -> &mut Limits {
+        Arc::make_mut(&mut Arc::make_mut(&mut self.config).limits)
+    }
+
     /// The response for `req`, spawning the handler when it gets a stream.
     fn respond<B, F>(&self, req: Request<B>) -> Response<EventStreamBody>
     where
@@ -260,7 +268,10 @@ impl<H> EventSourceService<H> {
                 .filter(|value| value.len() <= MAX_LAST_EVENT_ID)
                 .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
                 .map(Box::from);
-            let (conn, shared) = Connection::new(config.buffer, config.send_timeout, last_event_id);
+            let (conn, shared) = Connection::new(Arc::clone(&config.limits), last_event_id);
+            if let Some(retry) = config.retry {
+                conn.send_unbounded([Event::new().retry(retry).finish()]);
+            }
             let open = config
                 .shutdown
                 .as_ref()
@@ -273,8 +284,7 @@ impl<H> EventSourceService<H> {
                     drop(guard);
                 });
             }
-            let first = config.retry.map(|retry| Event::new().retry(retry).finish());
-            EventStreamBody::stream(shared, first, config.keep_alive)
+            EventStreamBody::stream(shared)
         };
         let mut response = Response::new(body);
         *response.headers_mut() = config.headers.clone();
@@ -296,9 +306,7 @@ impl<H> fmt::Debug for EventSourceService<H> {
         let config = &*self.config;
         f.debug_struct("EventSourceService")
             .field("headers", &config.headers)
-            .field("keep_alive", &config.keep_alive)
-            .field("buffer", &config.buffer)
-            .field("send_timeout", &config.send_timeout)
+            .field("limits", &config.limits)
             .field("retry", &config.retry)
             .field("methods", &config.methods)
             .field("check", &config.check.is_some())
