@@ -203,9 +203,12 @@ impl Connection {
         match phase {
             Phase::Open if state.queue.len() < self.shared.limits.buffer => {
                 state.queue.push_back(encode(item));
-                let body = state.body.take();
-                drop(state);
-                wake(body);
+                // The body waits only on an empty queue: later pushes need not wake it again.
+                if state.queue.len() == 1 {
+                    if let Some(body) = &state.body {
+                        body.wake_by_ref();
+                    }
+                }
                 Ok(())
             }
             Phase::Open if !self.shared.stalled(&mut state) => Err((Refused::Full, item)),
