@@ -45,8 +45,8 @@ pin_project! {
 pin_project! {
     #[project = KeepAliveProj]
     enum KeepAlive {
+        /// The timer runs out `interval` after the last frame.
         On {
-            last_frame: Instant,
             #[pin]
             sleep: Sleep,
         },
@@ -58,13 +58,9 @@ impl EventStreamBody {
     /// A body that streams what the connection queues.
     pub(crate) fn stream(shared: Arc<Shared>) -> Self {
         let keep_alive = match shared.keep_alive() {
-            Some(interval) => {
-                let now = Instant::now();
-                KeepAlive::On {
-                    last_frame: now,
-                    sleep: tokio::time::sleep_until(now + interval),
-                }
-            }
+            Some(interval) => KeepAlive::On {
+                sleep: tokio::time::sleep(interval),
+            },
             None => KeepAlive::Off,
         };
         EventStreamBody {
@@ -111,24 +107,18 @@ impl Body for EventStreamBody {
                 return Poll::Ready(None);
             }
             Poll::Pending => match this.keep_alive.as_mut().project() {
-                KeepAliveProj::On {
-                    last_frame,
-                    mut sleep,
-                } => loop {
-                    ready!(sleep.as_mut().poll(cx));
-                    let interval = this.shared.keep_alive().unwrap_or_default();
-                    let due = *last_frame + interval;
-                    if due <= Instant::now() {
-                        break Bytes::from_static(KEEP_ALIVE);
-                    }
-                    // A frame went out since the timer was set: wait the rest of the interval.
-                    sleep.as_mut().reset(due);
-                },
+                KeepAliveProj::On { sleep } => {
+                    ready!(sleep.poll(cx));
+                    Bytes::from_static(KEEP_ALIVE)
+                }
                 KeepAliveProj::Off => return Poll::Pending,
             },
         };
-        if let KeepAliveProj::On { last_frame, .. } = this.keep_alive.project() {
-            *last_frame = Instant::now();
+        if let (KeepAliveProj::On { sleep }, Some(interval)) =
+            (this.keep_alive.project(), this.shared.keep_alive())
+        {
+            // Moving a deadline later is cheap: the timer is not re-registered.
+            sleep.reset(Instant::now() + interval);
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }

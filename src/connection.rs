@@ -52,7 +52,7 @@ pub(crate) struct Limits {
 struct State {
     queue: VecDeque<Bytes>,
     phase: Phase,
-    handles: usize,
+    handles: u32,
     body: Option<Waker>,
     /// When a push first found the buffer full since the body last took from it.
     full_since: Option<Instant>,
