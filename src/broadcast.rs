@@ -33,8 +33,14 @@ use std::{
 ///   gets exactly the events after it, in order, then live events, with no gap and no
 ///   duplicate;
 /// - any other id (older than the history, from before a restart, or forged): the connection
-///   first gets the reset event, by default `event: reset` with empty data, whose id is the
+///   first gets the reset event (see [`BroadcastBuilder::reset_event`]), whose id is the
 ///   newest id, so the page knows to reload its state and later reconnects resume from there.
+///
+/// Ids must be unique within a hub: a repeated id resumes from its latest use. The default
+/// counter keeps increasing across restarts of one server as long as the clock does not go
+/// back; servers behind one load balancer each have their own history and ids, so a browser
+/// that reconnects to another one gets the reset event (or, if ids happen to match, a wrong
+/// replay): give such servers one hub, or ids from one source.
 ///
 /// ```
 /// use http::Request;
@@ -90,7 +96,8 @@ struct Entry {
 #[non_exhaustive]
 pub enum SlowClient {
     /// Close its stream once what is queued has been sent. The browser reconnects and, with a
-    /// history, resumes from its `Last-Event-ID`, so it loses nothing. The default.
+    /// history that still holds what it missed, resumes from its `Last-Event-ID` and loses
+    /// nothing; otherwise it gets the reset event.
     #[default]
     Disconnect,
     /// Keep the client and skip the event for it, counting it in
@@ -163,18 +170,24 @@ impl BroadcastBuilder {
         self
     }
 
-    /// The first id the hub assigns. Default: the microseconds since the Unix epoch when the
-    /// hub is built.
+    /// The first id the hub assigns, from 1 to 2<sup>63</sup> (values outside are moved into
+    /// that range). Default: the microseconds since the Unix epoch when the hub is built.
     pub fn first_id(mut self, id: u64) -> Self {
-        self.first_id = Some(id);
+        self.first_id = Some(id.clamp(1, 1 << 63));
         self
     }
 
     /// The event sent to a connection whose `Last-Event-ID` is not in the history; the hub
-    /// sets its id. Default: `event: reset` with empty data.
-    pub fn reset_event(mut self, event: Event) -> Self {
+    /// sets its id. Default: `event: reset` with empty data. Give it a data line: without
+    /// one, browsers fire nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the event cannot be encoded (see [`EncodeError`]).
+    pub fn reset_event(mut self, event: Event) -> Result<Self, EncodeError> {
+        event.validate()?;
         self.reset = event;
-        self
+        Ok(self)
     }
 
     /// The hub.
@@ -241,9 +254,13 @@ impl Broadcast {
                 };
                 match after {
                     Some(after) => {
-                        let frames = state.history.range(after..).map(|e| e.frame.clone());
+                        let frames: Vec<Bytes> = state
+                            .history
+                            .range(after..)
+                            .map(|e| e.frame.clone())
+                            .collect();
                         let count = frames.len();
-                        if !conn.send_unbounded(frames) {
+                        if !conn.send_unbounded(&frames) {
                             return Resume::Ended;
                         }
                         state.stats.deliveries += count as u64;
@@ -255,7 +272,7 @@ impl Broadcast {
                             None => &state.before_history,
                         };
                         let reset = self.inner.reset.clone().id(newest).finish();
-                        if !conn.send_unbounded([reset]) {
+                        if !conn.send_unbounded(&[reset]) {
                             return Resume::Ended;
                         }
                         state.stats.resets += 1;
@@ -542,6 +559,7 @@ mod tests {
             .history(3)
             .first_id(1)
             .reset_event(Event::new().event("reload").data("state is gone"))
+            .unwrap()
             .build();
         let (conn, mut body) = client(8, Some("7"));
         assert_eq!(hub.subscribe(&conn), Resume::Reset);
@@ -549,6 +567,40 @@ mod tests {
             ready(&mut body),
             "event: reload\ndata: state is gone\nid: 0\n\n"
         );
+    }
+
+    #[test]
+    fn an_invalid_reset_event_is_refused() {
+        let builder = Broadcast::builder().reset_event(Event::new().event("reload"));
+        assert_eq!(builder.unwrap_err(), EncodeError::EventNameWithoutData);
+    }
+
+    #[test]
+    fn a_replay_longer_than_the_buffer_leaves_room_for_live_events() {
+        let hub = hub(100);
+        for i in 1..=20 {
+            hub.send(i.to_string()).unwrap();
+        }
+        let (conn, mut body) = client(4, Some("1"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(19));
+        assert_eq!(hub.send("live"), Ok(1));
+        assert!(!conn.is_closed());
+        let received = ready(&mut body);
+        assert_eq!(received.matches("data: ").count(), 20);
+        assert!(received.ends_with("data: live\nid: 21\n\n"));
+        assert_eq!(hub.stats().slow_disconnects, 0);
+    }
+
+    #[test]
+    fn first_id_zero_does_not_collide_with_the_cursor_before_the_history() {
+        let hub = Broadcast::builder().history(10).first_id(0).build();
+        hub.send("a").unwrap();
+        let (conn, mut body) = client(4, Some("1"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(0));
+        assert_eq!(ready(&mut body), "");
+        let (conn, mut body) = client(4, Some("0"));
+        assert_eq!(hub.subscribe(&conn), Resume::Replayed(1));
+        assert_eq!(ready(&mut body), "data: a\nid: 1\n\n");
     }
 
     #[test]

@@ -103,6 +103,8 @@ impl Connection {
     /// Anything that converts into an [`Event`] can be pushed: `"text"` and `String` are
     /// data-only events, `["a", "b"]` is one event with two data lines.
     ///
+    /// Cancel-safe: a push whose future is dropped while it waits has queued nothing.
+    ///
     /// # Errors
     ///
     /// [`PushError::Invalid`] when the event cannot be encoded (nothing is sent), and
@@ -221,13 +223,26 @@ impl Connection {
         }
     }
 
-    /// Queues frames past the buffer's bound, for a replay whose size the caller bounds.
-    pub(crate) fn send_unbounded(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
+    /// Queues frames joined into one, past the buffer's bound, for a replay whose size the
+    /// caller bounds. Taking one slot, a replay of any length leaves the buffer's room to live
+    /// events.
+    pub(crate) fn send_unbounded(&self, frames: &[Bytes]) -> bool {
+        let frame = match frames {
+            [] => return !self.is_closed(),
+            [frame] => frame.clone(),
+            frames => {
+                let mut joined = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+                for frame in frames {
+                    joined.extend_from_slice(frame);
+                }
+                joined.freeze()
+            }
+        };
         let mut state = self.shared.lock();
         if state.phase != Phase::Open {
             return false;
         }
-        state.queue.extend(frames);
+        state.queue.push_back(frame);
         let body = state.body.take();
         drop(state);
         wake(body);
@@ -237,7 +252,9 @@ impl Connection {
 
 impl Clone for Connection {
     fn clone(&self) -> Self {
-        self.shared.lock().handles += 1;
+        let mut state = self.shared.lock();
+        state.handles = state.handles.saturating_add(1);
+        drop(state);
         Connection {
             shared: Arc::clone(&self.shared),
         }
@@ -278,20 +295,64 @@ impl Shared {
     }
 
     /// Moves from `Open` to `phase` (or from anything to `Gone`) and wakes everyone waiting.
-    fn end(&self, phase: Phase) {
-        let mut state = self.lock();
+    fn end(self: &Arc<Self>, phase: Phase) {
+        let state = self.lock();
+        self.end_locked(state, phase);
+    }
+
+    fn end_locked(self: &Arc<Self>, mut state: MutexGuard<'_, State>, phase: Phase) {
         if state.phase == Phase::Gone || (state.phase == Phase::Closing && phase == Phase::Closing)
         {
             return;
         }
         state.phase = phase;
-        if phase == Phase::Gone {
-            state.queue = VecDeque::new();
+        match phase {
+            Phase::Gone => state.queue = VecDeque::new(),
+            _ => self.watch_closing(&mut state),
         }
         let body = state.body.take();
         drop(state);
         wake(body);
         self.changed.notify_waiters();
+    }
+
+    /// With a send timeout, ends a closing stream whose queued frames the body has not taken
+    /// from for that long: no push will come to notice it.
+    fn watch_closing(self: &Arc<Self>, state: &mut State) {
+        let Some(timeout) = self.limits.send_timeout else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if state.queue.is_empty() {
+            return;
+        }
+        state.full_since.get_or_insert_with(Instant::now);
+        let shared = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let deadline = {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let mut state = shared.lock();
+                    if state.phase != Phase::Closing || state.queue.is_empty() {
+                        return;
+                    }
+                    let since = *state.full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= timeout {
+                        shared.end_locked(state, Phase::Gone);
+                        return;
+                    }
+                    since.checked_add(timeout)
+                };
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => return,
+                }
+            }
+        });
     }
 
     /// Whether the full buffer has not been taken from for the send timeout. The first call
@@ -313,18 +374,20 @@ impl Shared {
     fn stall_deadline(&self) -> Option<Instant> {
         let timeout = self.limits.send_timeout?;
         let state = self.lock();
-        state.full_since.map(|since| since + timeout)
+        state
+            .full_since
+            .and_then(|since| since.checked_add(timeout))
     }
 
-    /// Graceful shutdown: queues `farewell` past the buffer's bound and closes the stream.
-    pub(crate) fn shut_down(&self, farewell: Option<&Bytes>) {
+    /// Graceful shutdown: queues `farewell` past the buffer's bound and closes the stream, in
+    /// one step so that nothing is queued after the farewell.
+    pub(crate) fn shut_down(self: &Arc<Self>, farewell: Option<&Bytes>) {
         let mut state = self.lock();
         if state.phase != Phase::Open {
             return;
         }
         state.queue.extend(farewell.cloned());
-        drop(state);
-        self.end(Phase::Closing);
+        self.end_locked(state, Phase::Closing);
     }
 
     /// The next frame for the body: every queued event joined (up to [`MAX_FRAME`] bytes),
@@ -378,7 +441,7 @@ impl Shared {
     }
 
     /// The body was dropped: the client is gone.
-    pub(crate) fn body_dropped(&self) {
+    pub(crate) fn body_dropped(self: &Arc<Self>) {
         self.end(Phase::Gone);
     }
 }

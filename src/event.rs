@@ -85,6 +85,8 @@ impl Event {
     /// reconnects. An empty id resets the browser's last event id.
     ///
     /// An id with CR, LF or NUL is an error (a browser would split the field, or ignore it).
+    /// Leading and trailing spaces are kept, but HTTP strips them from the `Last-Event-ID`
+    /// header that carries the id back, so avoid them in ids you resume from.
     pub fn id(mut self, id: impl AsRef<str>) -> Self {
         let id = id.as_ref();
         if has_line_break(id.as_bytes()) {
@@ -123,18 +125,14 @@ impl Event {
     /// Fails when `value` cannot be serialised (for example a map with non-string keys).
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
-    pub fn json_data<T>(mut self, value: &T) -> Result<Self, serde_json::Error>
+    pub fn json_data<T>(self, value: &T) -> Result<Self, serde_json::Error>
     where
         T: serde::Serialize + ?Sized,
     {
-        // serde_json's compact output escapes every line break, so it is always one line.
-        let json = serde_json::to_vec(value)?;
-        self.has_data = true;
-        self.buf.reserve(json.len() + 7);
-        self.buf.extend_from_slice(b"data: ");
-        self.buf.extend_from_slice(&json);
-        self.buf.put_u8(b'\n');
-        Ok(self)
+        // Compact output escapes line breaks in strings, but a `RawValue` passes through as it
+        // is: split it like any data, which JSON parsers read back the same.
+        let json = serde_json::to_string(value)?;
+        Ok(self.data(json))
     }
 
     /// Whether an id was set with [`Event::id`].

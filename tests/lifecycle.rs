@@ -466,3 +466,53 @@ async fn an_unknown_method_gets_405() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(response.headers()["allow"], "GET, HEAD");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_send_timeout_also_ends_a_closed_stream_whose_client_stopped_reading() {
+    let (tx, rx) = slot();
+    let events = EventSourceService::new(move |conn: Connection, _req: Request<()>| {
+        let tx = tx.clone();
+        async move {
+            while conn.try_push("x").is_ok() {}
+            conn.close();
+            put(&tx, ());
+        }
+    })
+    .buffer(4)
+    .send_timeout(Duration::from_secs(2));
+    // The body is never polled: the client reads nothing.
+    let response = events.oneshot(Request::new(())).await.unwrap();
+    rx.await.unwrap();
+    use http_body::Body as _;
+    assert!(!response.body().is_end_stream(), "queued events wait");
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert!(!response.body().is_end_stream(), "not before the timeout");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        response.body().is_end_stream(),
+        "the queue was dropped and the stream ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_durations_do_not_overflow() {
+    let events = EventSourceService::new(|conn: Connection, _req: Request<()>| async move {
+        for _ in 0..3 {
+            let _ = conn.try_push("x");
+        }
+        conn.push("y").await
+    })
+    .buffer(2)
+    .keep_alive(Duration::MAX)
+    .send_timeout(Duration::MAX);
+    let response = events.oneshot(Request::new(())).await.unwrap();
+    let mut body = response.into_body();
+    for want in ["data: x\n\ndata: x\n\n", "data: y\n\n"] {
+        let frame = timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), want);
+    }
+}
