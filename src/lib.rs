@@ -78,9 +78,11 @@
 //!
 //! # Keep-alive
 //!
-//! After 15 seconds without any frame the body sends a comment line, which browsers ignore:
-//! proxies keep the quiet stream open, and a write to a vanished client fails so the stream
-//! ends. See [`EventSourceService::keep_alive`].
+//! After an interval without any frame ([`EventSourceService::keep_alive`]) the body sends a
+//! comment line, which browsers ignore: proxies keep the quiet stream open, and a write to a
+//! vanished client fails so the stream ends. A client that stops reading while events are
+//! queued is ended by the send timeout ([`EventSourceService::send_timeout`]), so a stuck
+//! client holds no more than its buffer.
 //!
 //! # Last-Event-ID
 //!
@@ -88,9 +90,24 @@
 //! [`Connection::last_event_id`] has it, decoded as UTF-8. It is client input: parse it, do not
 //! trust it.
 //!
+//! # Fan-out and replay
+//!
+//! [`Broadcast`] sends one event to many connections: it encodes it once, hands the same bytes
+//! to every subscriber, never waits for a slow one ([`SlowClient`]), and with a history replays
+//! exactly what a reconnecting browser missed, or sends a reset event when it cannot.
+//!
+//! # Shutdown
+//!
+//! Streams do not end by themselves, so a server draining its connections would wait for ever.
+//! A [`Shutdown`] handle given to the service with
+//! [`EventSourceService::graceful_shutdown`] ends every stream cleanly, after an optional
+//! farewell event. A handler that panics ends its own stream only.
+//!
 //! # Feature flags
 //!
 //! - `json`: [`Event::json_data`], serialising data with serde_json.
+//! - `tracing`: handler panics (error level) and handler errors (debug level) are reported
+//!   with `tracing`.
 
 mod body;
 mod broadcast;

@@ -20,6 +20,9 @@ use std::{
 };
 use tower_service::Service;
 
+/// Longest keep-alive interval or send timeout; longer ones are taken as this.
+const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
 /// Longest `Last-Event-ID` value, in bytes, that reaches [`Connection::last_event_id`].
 const MAX_LAST_EVENT_ID: usize = 1024;
 
@@ -51,6 +54,7 @@ type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 /// The stream's headers are `Content-Type: text/event-stream`, `Cache-Control: no-store` and
 /// `X-Accel-Buffering: no` (so nginx does not buffer it), plus those set with
 /// [`header`](Self::header). There is never a `Content-Length` or `Connection` header.
+#[must_use]
 pub struct EventSourceService<H> {
     handler: Arc<H>,
     config: Arc<Config>,
@@ -69,9 +73,7 @@ struct Config {
 impl<H> EventSourceService<H> {
     /// A service that runs `handler` for each accepted request.
     ///
-    /// Defaults: keep-alive after 15 seconds of silence, a buffer of 256 events, a send timeout
-    /// of 30 seconds, no initial `retry`, methods `GET` and `HEAD`, no check, no graceful
-    /// shutdown handle.
+    /// Each setting's default is stated on its setter.
     pub fn new<B, F>(handler: H) -> Self
     where
         H: Fn(Connection, Request<B>) -> F,
@@ -107,7 +109,9 @@ impl<H> EventSourceService<H> {
     /// Sets a header on the stream's response, replacing any default or earlier value of the
     /// same name (for one name with several values, call [`append_header`](Self::append_header)).
     ///
-    /// Use it for CORS on a single route, or to change `Cache-Control`. Hop-by-hop headers
+    /// Use it to change `Cache-Control`, or for CORS on a single route: these headers go on the
+    /// stream's response only, not on refusals (`405`, the check's status), so a cross-origin
+    /// page cannot read those; tower-http's `CorsLayer` covers every response. Hop-by-hop headers
     /// (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`, `TE`,
     /// `Trailer`) and `Content-Length` are ignored: they are malformed on HTTP/2 or would
     /// break the stream.
@@ -129,9 +133,10 @@ impl<H> EventSourceService<H> {
 
     /// Sends a keep-alive comment (`:`) after `interval` without any frame, so that proxies do
     /// not drop quiet streams and a dead client is noticed through the failed write. It never
-    /// delays an event. An interval below one millisecond is raised to one millisecond.
+    /// delays an event. Default: 15 seconds. An interval below one millisecond is raised to one
+    /// millisecond, and one above 30 years lowered to 30 years.
     pub fn keep_alive(mut self, interval: Duration) -> Self {
-        self.limits().keep_alive = Some(interval.max(Duration::from_millis(1)));
+        self.limits().keep_alive = Some(interval.clamp(Duration::from_millis(1), LONGEST));
         self
     }
 
@@ -142,7 +147,10 @@ impl<H> EventSourceService<H> {
     }
 
     /// How many events each connection may queue before [`Connection::push`] waits and
-    /// [`Connection::try_push`] reports the buffer full. Zero is raised to one.
+    /// [`Connection::try_push`] reports the buffer full. Default: 256. Zero is raised to one.
+    ///
+    /// The buffer only fills while the client reads more slowly than events are pushed; a
+    /// larger one lets the body join more events into each write.
     pub fn buffer(mut self, events: usize) -> Self {
         self.limits().buffer = events.max(1);
         self
@@ -152,9 +160,11 @@ impl<H> EventSourceService<H> {
     /// has not taken anything from it for `timeout`, the stream ends, its queued events are
     /// dropped, [`Connection::closed`] resolves and pushes fail. This bounds what a stuck or
     /// vanished client holds to the buffer. It is checked when a push finds the buffer full
-    /// ([`Connection::push`] waits at most that long).
+    /// ([`Connection::push`] waits at most that long), and by a timer once the stream is
+    /// closing with events still queued. Default: 30 seconds; longer than 30 years is taken as
+    /// 30 years. A stalled stream that nobody pushes to holds at most its buffer.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        self.limits().send_timeout = Some(timeout);
+        self.limits().send_timeout = Some(timeout.min(LONGEST));
         self
     }
 
@@ -171,7 +181,7 @@ impl<H> EventSourceService<H> {
     }
 
     /// Starts every stream with `retry:`, setting how long the browser waits before it
-    /// reconnects.
+    /// reconnects. Default: none, so the browser uses its own (about 3 seconds).
     pub fn retry(mut self, reconnect_after: Duration) -> Self {
         Arc::make_mut(&mut self.config).retry = Some(reconnect_after);
         self
@@ -194,7 +204,8 @@ impl<H> EventSourceService<H> {
     }
 
     /// Checks each request before the stream starts. Returning `Err(status)` answers with that
-    /// status and no body, and the handler does not run.
+    /// status and no body, and the handler does not run. Default: none, every request with
+    /// an accepted method gets a stream.
     ///
     /// `204 No Content` tells a browser to stop reconnecting for good; `401`, `403` and `404`
     /// refuse. (Any status but `200` stops a browser's `EventSource`.)
@@ -270,7 +281,7 @@ impl<H> EventSourceService<H> {
                 .map(Box::from);
             let (conn, shared) = Connection::new(Arc::clone(&config.limits), last_event_id);
             if let Some(retry) = config.retry {
-                conn.send_unbounded([Event::new().retry(retry).finish()]);
+                conn.send_unbounded(&[Event::new().retry(retry).finish()]);
             }
             let open = config
                 .shutdown
@@ -338,6 +349,10 @@ where
 }
 
 /// The future [`EventSourceService`] returns: ready at once with the response.
+///
+/// # Panics
+///
+/// Like most futures, it panics when polled again after it returned the response.
 pub struct ResponseFuture {
     response: Option<Response<EventStreamBody>>,
 }
@@ -359,9 +374,12 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
-/// What a handler's future may return: `()`, or `Result<(), E>` for any error type.
+/// What a handler's future may return: `()`, or `Result<(), E>` for any error type that
+/// displays.
 ///
-/// An error ends the handler's stream like a return does.
+/// An error is treated like a return: the handler's connection is dropped, which ends the stream
+/// unless clones of it live on (in a [`Broadcast`](crate::Broadcast), say). With the `tracing`
+/// feature the error is logged at debug level; without it, it is dropped.
 pub trait HandlerOutput: Send + 'static {
     /// Reports the outcome once the handler has finished.
     fn report(self);
