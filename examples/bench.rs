@@ -72,8 +72,9 @@ type Result<T, E = BoxError> = std::result::Result<T, E>;
 const DATA_32: &str = "0123456789abcdef0123456789abcdef";
 /// The same event encoded: `data: ` + 32 bytes + a blank line, 40 bytes.
 const WIRE_32: &[u8] = b"data: 0123456789abcdef0123456789abcdef\n\n";
-/// Events a throughput connection may queue (tower-eventsource's default buffer).
-const STREAM_BUFFER: usize = 64;
+/// Events a throughput connection may queue: tower-eventsource's default buffer, for every
+/// variant.
+const STREAM_BUFFER: usize = 256;
 /// Events a fan-out subscriber may queue: more than a fan-out run sends, so none is lost.
 const HUB_BUFFER: usize = 128;
 /// The longest a server child lives.
