@@ -1,5 +1,6 @@
-//! A live chat in the browser: a [`Broadcast`] hub with history feeds every open page, and a
-//! page that loses its stream resumes where it left off, with no message missing or repeated.
+//! A live chat in the browser: a [`Broadcast`] hub with history feeds every open page. A page
+//! loads the recent messages and streams from the newest of them, and a page that loses its
+//! stream resumes where it left off, with no message missing or repeated.
 //!
 //! Run it with `cargo run --example chat` and open <http://127.0.0.1:3000> in two windows.
 //! The port can be chosen with `--port N` or the `PORT` environment variable (`0` picks a free
@@ -100,10 +101,17 @@ async fn main() {
 
     let events = EventSourceService::new({
         let app = Arc::clone(&app);
-        move |conn: Connection, _req: Request<Body>| {
-            // Replays what the browser missed since its `Last-Event-ID`, or sends `reset`;
-            // the hub keeps a clone of the connection and pushes every later message to it.
-            app.hub.subscribe(&conn);
+        move |conn: Connection, req: Request<Body>| {
+            // Replays what the browser missed since its `Last-Event-ID` (or, on the page's
+            // first request, since the newest message it loaded: `?after=ID`), or sends
+            // `reset`; the hub keeps a clone of the connection and pushes every later message
+            // to it.
+            let after = req
+                .uri()
+                .query()
+                .and_then(|query| query.strip_prefix("after="));
+            app.hub
+                .subscribe_from(&conn, conn.last_event_id().or(after));
             // A stream that subscribed just after `POST /admin/stop` closed the others.
             if app.stopped.load(Ordering::SeqCst) {
                 conn.close();
@@ -257,35 +265,55 @@ function tell(text) {
   notice.hidden = false;
 }
 
-// The browser reconnects by itself when the stream ends, sending the id of the last event it
-// saw; the server replays exactly what was missed, so the page only ever appends.
-const source = new EventSource('/events');
-const STATES = ['connecting', 'open', 'closed'];
-function showState() { stateView.textContent = STATES[source.readyState]; }
-source.onopen = showState;
-// `error` fires when a stream drops (the browser is reconnecting) and when the server said
-// 204 (the browser has stopped for good).
-source.onerror = showState;
-
 // Messages that arrive while the page reloads, shown once the reload is done.
 let arrivedDuringReload = null;
+const STATES = ['connecting', 'open', 'closed'];
+let source;
 
-source.onmessage = (event) => {
+// Load the recent messages, then stream from the newest of them: the server replays anything
+// sent in between. After that the browser reconnects by itself when the stream ends, sending
+// the id of the last event it saw; the server replays exactly what was missed, so the page
+// only ever appends.
+start();
+
+async function start() {
+  let messages = [];
+  try {
+    const response = await fetch('/messages');
+    if (response.ok) messages = await response.json();
+  } catch (error) {
+    tell('Could not load the messages: ' + error.message);
+  }
+  for (const message of messages) show(message.id, message.text);
+  const newest = messages.length ? messages[messages.length - 1].id : null;
+  if (newest !== null) lastIdView.textContent = newest;
+  source = new EventSource(newest === null ? '/events' : '/events?after=' + newest);
+  source.onopen = showState;
+  // `error` fires when a stream drops (the browser is reconnecting) and when the server said
+  // 204 (the browser has stopped for good).
+  source.onerror = showState;
+  source.onmessage = onMessage;
+  source.addEventListener('reset', onReset);
+}
+
+function showState() { stateView.textContent = STATES[source.readyState]; }
+
+function onMessage(event) {
   lastIdView.textContent = event.lastEventId;
   if (arrivedDuringReload) {
     arrivedDuringReload.push({ id: Number(event.lastEventId), text: event.data });
   } else {
     show(event.lastEventId, event.data);
   }
-};
+}
 
 // The server does not know the id this page last saw (it restarted, or the page was away too
 // long): what it replays cannot be trusted to fit, so start over from its recent messages.
-source.addEventListener('reset', (event) => {
+function onReset(event) {
   lastIdView.textContent = event.lastEventId;
   tell('The server lost track of this page (it may have restarted): messages reloaded.');
   reload();
-});
+}
 
 async function reload() {
   arrivedDuringReload = [];

@@ -234,14 +234,25 @@ impl Broadcast {
         }
     }
 
-    /// Subscribes `conn` (the hub keeps a clone), first replaying what it missed; see
-    /// [Replay](Broadcast#history-and-replay).
+    /// Subscribes `conn` (the hub keeps a clone), first replaying what it missed since its
+    /// `Last-Event-ID`; see [Replay](Broadcast#history-and-replay).
     ///
-    /// A replay goes into the connection's buffer even past its bound: it is bounded by the
-    /// history instead.
+    /// A replay goes into the connection's buffer as one frame, even past its bound: it is
+    /// bounded by the history instead.
     pub fn subscribe(&self, conn: &Connection) -> Resume {
+        self.subscribe_from(conn, conn.last_event_id())
+    }
+
+    /// Like [`subscribe`](Self::subscribe), resuming after `cursor` instead of the
+    /// connection's `Last-Event-ID`.
+    ///
+    /// For a page that loads what it shows first (`GET /messages`, say) and then opens
+    /// `/events?after=<its newest id>`: pass the query's id when the request has no
+    /// `Last-Event-ID`, so that nothing sent between the two requests is lost. Like
+    /// `Last-Event-ID`, the cursor is client input: it is only looked up in the history.
+    pub fn subscribe_from(&self, conn: &Connection, cursor: Option<&str>) -> Resume {
         let mut state = self.lock();
-        let resume = match (self.has_history(), conn.last_event_id()) {
+        let resume = match (self.has_history(), cursor) {
             (true, Some(cursor)) => {
                 let after = if *cursor == *state.before_history {
                     Some(0)
@@ -498,6 +509,17 @@ mod tests {
         let (conn, mut body) = client(8, Some("1"));
         assert_eq!(hub.subscribe(&conn), Resume::Replayed(0));
         assert_eq!(ready(&mut body), "");
+    }
+
+    #[test]
+    fn subscribe_from_resumes_after_the_given_cursor() {
+        let hub = hub(10);
+        for text in ["1", "2", "3"] {
+            hub.send(text).unwrap();
+        }
+        let (conn, mut body) = client(8, None);
+        assert_eq!(hub.subscribe_from(&conn, Some("2")), Resume::Replayed(1));
+        assert_eq!(ready(&mut body), "data: 3\nid: 3\n\n");
     }
 
     #[test]

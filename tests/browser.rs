@@ -1,6 +1,7 @@
 //! A real browser against the chat example: headless Chromium, driven through chromedriver,
 //! shows every broadcast message in order across a dropped stream (replay from
-//! `Last-Event-ID`), a server restart (the `reset` event) and a stop (`204`, no more
+//! `Last-Event-ID`), a newly opened page (recent messages, then the stream from the newest of
+//! them), a server restart (the `reset` event) and a stop (`204`, no more
 //! reconnects).
 //!
 //! Run it with `cargo test --test browser`. It needs the Debian packages `chromium` and
@@ -149,6 +150,22 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
         format!("one reconnect should reach /events and resume: before {before}, after {after}"),
     )?;
 
+    // (2b) A page opened now loads the recent messages, then streams from the newest of them
+    // (`/events?after=ID`): everything once, and live messages after.
+    page.goto(&format!("http://127.0.0.1:{port}/")).await?;
+    let loaded = wait_page(page, "the newly opened page", |p| p.state == "open").await?;
+    ensure(
+        loaded.messages == all,
+        format!("a newly opened page should show every message once: {loaded:?}"),
+    )?;
+    http.post_message("eight").await?;
+    let mut with_eight = all.to_vec();
+    with_eight.push("eight");
+    wait_page(page, "a live message on the newly opened page", |p| {
+        p.messages == with_eight
+    })
+    .await?;
+
     // (3) A restarted server does not know the browser's Last-Event-ID: it sends `reset`, and
     // the page replaces its list with the new server's messages.
     server.kill().await;
@@ -227,7 +244,7 @@ const READ_PAGE: &str = "
     const notice = document.getElementById('notice');
     return {
         state: document.getElementById('state').textContent,
-        readyState: source.readyState,
+        readyState: typeof source === 'undefined' ? 0 : source.readyState,
         lastId: document.getElementById('last-id').textContent,
         messages: Array.from(document.querySelectorAll('#messages li'), item => item.textContent),
         notice: notice.hidden ? null : notice.textContent,
