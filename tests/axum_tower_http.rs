@@ -5,32 +5,14 @@
 mod common;
 
 use axum::{body::Body, routing::get, Router};
-use common::{message, next_event, read_events, Client, Proto, BOUND};
+use common::{handover, message, next_connection, next_event, read_events, Client, Proto, BOUND};
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use std::{future::Ready, net::SocketAddr};
+use std::net::SocketAddr;
 use tokio::{net::TcpListener, sync::mpsc, time::timeout};
-use tower_eventsource::{Connection, EventSourceService};
 use tower_http::{compression::CompressionLayer, cors::CorsLayer};
 
 const ORIGIN: &str = "https://app.example";
-
-/// A service whose handler hands each connection to `tx` (so to the test) and returns.
-fn handover(
-    tx: mpsc::UnboundedSender<Connection>,
-) -> EventSourceService<impl Fn(Connection, Request<Body>) -> Ready<()> + Send + Sync + 'static> {
-    EventSourceService::new(move |conn: Connection, _req: Request<Body>| {
-        let _ = tx.send(conn);
-        std::future::ready(())
-    })
-}
-
-async fn next_connection(rx: &mut mpsc::UnboundedReceiver<Connection>) -> Connection {
-    timeout(BOUND, rx.recv())
-        .await
-        .expect("the handler runs")
-        .expect("the handler sends its connection")
-}
 
 /// Serves `app` with `axum::serve` on 127.0.0.1; the server stops with the test's runtime.
 async fn serve(app: Router) -> SocketAddr {

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_ends, message, next_event, read_events, Client, Proto, BOUND};
+use common::{
+    assert_ends, handover, message, next_connection, next_event, read_events, Client, Proto, BOUND,
+};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,7 +17,6 @@ use hyper_util::{
 };
 use std::{
     convert::Infallible,
-    future::Ready,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -57,24 +58,6 @@ where
         }
     });
     addr
-}
-
-/// A service whose handler hands each connection to `tx` (so to the test) and returns.
-fn handover(
-    tx: mpsc::UnboundedSender<Connection>,
-) -> EventSourceService<impl Fn(Connection, Request<Incoming>) -> Ready<()> + Send + Sync + 'static>
-{
-    EventSourceService::new(move |conn: Connection, _req: Request<Incoming>| {
-        let _ = tx.send(conn);
-        std::future::ready(())
-    })
-}
-
-async fn next_connection(rx: &mut mpsc::UnboundedReceiver<Connection>) -> Connection {
-    timeout(BOUND, rx.recv())
-        .await
-        .expect("the handler runs")
-        .expect("the handler sends its connection")
 }
 
 // --- The response head comes before any event -------------------------------------------

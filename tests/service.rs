@@ -2,7 +2,10 @@
 //! Last-Event-ID, pushing and closing, disconnects and keep-alive on tokio's paused clock.
 //! Run with `cargo test --test service`.
 
+mod common;
+
 use bytes::Bytes;
+use common::{handover, next_connection};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -19,16 +22,6 @@ use tower_eventsource::{
 
 /// Upper bound for things that should happen at once; only reached when a test fails.
 const BOUND: Duration = Duration::from_secs(5);
-
-/// A service whose handler hands each connection to `tx` (so to the test) and returns.
-fn handover<B: Send + 'static>(
-    tx: mpsc::UnboundedSender<Connection>,
-) -> EventSourceService<impl Fn(Connection, Request<B>) -> Ready<()> + Send + Sync + 'static> {
-    EventSourceService::new(move |conn: Connection, _req: Request<B>| {
-        let _ = tx.send(conn);
-        std::future::ready(())
-    })
-}
 
 /// What the `reporting` handler saw of a request.
 type Seen = (Method, Option<HeaderValue>);
@@ -51,13 +44,6 @@ fn request(method: Method) -> Request<()> {
         .uri("/events")
         .body(())
         .unwrap()
-}
-
-async fn next_connection(rx: &mut mpsc::UnboundedReceiver<Connection>) -> Connection {
-    timeout(BOUND, rx.recv())
-        .await
-        .expect("the handler runs")
-        .expect("the handler sends its connection")
 }
 
 async fn body_string(response: Response<EventStreamBody>) -> String {

@@ -1,6 +1,7 @@
 //! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
 //! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
-//! Not a test on its own; used by `tests/server.rs` and `tests/axum_tower_http.rs`.
+//! Also a handler that hands each connection to the test. Not a test on its own; used by
+//! `tests/server.rs`, `tests/axum_tower_http.rs` and `tests/service.rs`.
 
 #![allow(dead_code)]
 
@@ -158,4 +159,28 @@ pub(crate) fn message(data: &str, id: &str) -> eventsource_stream::Event {
         id: id.into(),
         retry: None,
     }
+}
+
+/// A service whose handler hands each connection to `tx` (so to the test) and returns.
+pub(crate) fn handover<B: Send + 'static>(
+    tx: tokio::sync::mpsc::UnboundedSender<tower_eventsource::Connection>,
+) -> tower_eventsource::EventSourceService<
+    impl Fn(tower_eventsource::Connection, Request<B>) -> std::future::Ready<()> + Send + Sync + 'static,
+> {
+    tower_eventsource::EventSourceService::new(
+        move |conn: tower_eventsource::Connection, _req: Request<B>| {
+            let _ = tx.send(conn);
+            std::future::ready(())
+        },
+    )
+}
+
+/// The next connection a [`handover`] service hands over.
+pub(crate) async fn next_connection(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tower_eventsource::Connection>,
+) -> tower_eventsource::Connection {
+    timeout(BOUND, rx.recv())
+        .await
+        .expect("the handler runs")
+        .expect("the handler sends its connection")
 }
