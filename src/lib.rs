@@ -76,6 +76,13 @@
 //! The stream ends normally after [`Connection::close`] (once what was queued is sent), or when
 //! every clone of the connection is dropped, for example when the handler returns.
 //!
+//! A peer that vanishes without closing its connection (a pulled cable, a suspended laptop) is
+//! noticed when writes to it fail or stall: when events are pushed, the send timeout ends the
+//! stream ([`EventSourceService::send_timeout`]); on a quiet stream only the operating system
+//! can tell, once it gives up on the keep-alive comment, which by default takes many minutes.
+//! To bound that, set TCP keep-alive or `TCP_USER_TIMEOUT` on the accepted sockets (for
+//! example with the `socket2` crate) where the server accepts them.
+//!
 //! # Keep-alive
 //!
 //! After an interval without any frame ([`EventSourceService::keep_alive`]) the body sends a
