@@ -318,19 +318,14 @@ impl Broadcast {
         let mut state = self.lock();
         let state = &mut *state;
         if self.has_history() {
-            let id = if event.has_id() {
-                None
-            } else {
-                let id = state.next_id;
-                state.next_id += 1;
-                Some(id.to_string())
-            };
-            if let Some(id) = &id {
-                event = event.id(id);
-            }
-            let id = match id {
+            let id: Box<str> = match event.last_id() {
                 Some(id) => id.into(),
-                None => event.last_id().unwrap_or_default().into(),
+                None => {
+                    let id = state.next_id.to_string();
+                    state.next_id += 1;
+                    event = event.id(&id);
+                    id.into()
+                }
             };
             let frame = event.finish();
             self.remember(state, id, frame.clone());

@@ -118,7 +118,9 @@ impl Event {
         self
     }
 
-    /// Adds `value` serialised as JSON as one `data:` line.
+    /// Adds `value` serialised as JSON as data: one `data:` line, or several if the JSON holds
+    /// raw line breaks (as a `serde_json::value::RawValue` may), which JSON parsers read back the
+    /// same.
     ///
     /// # Errors
     ///
@@ -133,11 +135,6 @@ impl Event {
         // is: split it like any data, which JSON parsers read back the same.
         let json = serde_json::to_string(value)?;
         Ok(self.data(json))
-    }
-
-    /// Whether an id was set with [`Event::id`].
-    pub(crate) fn has_id(&self) -> bool {
-        self.id_at.is_some()
     }
 
     /// The value of the last id set with [`Event::id`].
