@@ -2,9 +2,12 @@
 //! documented pattern, leave no handler, task, subscriber or memory behind. It is alone in its
 //! file so that the process's memory is its own. Run with `cargo test --test churn`.
 
+mod common;
+
 use bytes::Bytes;
+use common::next_data_frame as next_frame;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -28,16 +31,6 @@ fn rss_kib() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Reads the next data frame.
-async fn next_frame(body: &mut Incoming) -> Bytes {
-    loop {
-        let frame = body.frame().await.expect("body ended").expect("body error");
-        if let Ok(data) = frame.into_data() {
-            return data;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,10 @@
 //! or vanish behind a proxy, panicking handlers, and limits on what a stuck client holds.
 //! Run with `cargo test --test lifecycle`.
 
+mod common;
+
 use bytes::Bytes;
+use common::next_data_frame as next_frame;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -91,16 +94,6 @@ async fn open(addr: SocketAddr, last_event_id: Option<&str>) -> http::Response<I
 async fn read_to_end(response: http::Response<Incoming>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
-}
-
-/// Reads the next data frame.
-async fn next_frame(body: &mut Incoming) -> Bytes {
-    loop {
-        let frame = body.frame().await.expect("body ended").expect("body error");
-        if let Ok(data) = frame.into_data() {
-            return data;
-        }
-    }
 }
 
 /// A oneshot sender that an `Fn` handler can use once.

@@ -1,7 +1,8 @@
 //! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
 //! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
 //! Also a handler that hands each connection to the test. Not a test on its own; used by
-//! `tests/server.rs`, `tests/axum_tower_http.rs` and `tests/service.rs`.
+//! `tests/server.rs`, `tests/axum_tower_http.rs`, `tests/service.rs`, `tests/lifecycle.rs` and
+//! `tests/churn.rs`.
 
 #![allow(dead_code)]
 
@@ -183,4 +184,14 @@ pub(crate) async fn next_connection(
         .await
         .expect("the handler runs")
         .expect("the handler sends its connection")
+}
+
+/// Reads the next data frame of a response body, skipping trailers.
+pub(crate) async fn next_data_frame(body: &mut Incoming) -> Bytes {
+    loop {
+        let frame = body.frame().await.expect("body ended").expect("body error");
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    }
 }
