@@ -826,4 +826,80 @@ mod tests {
         assert!(body.is_end_stream());
         assert_eq!(hub.stats().subscribers, 0);
     }
+    #[test]
+    fn subscribing_a_connection_twice_is_a_no_op_that_says_so() {
+        let hub = hub(10);
+        let (conn, mut body) = client(8, None);
+        assert_eq!(hub.subscribe(&conn), Resume::Live);
+        assert_eq!(hub.subscribe(&conn.clone()), Resume::AlreadySubscribed);
+        assert_eq!(hub.send("once").map(|sent| sent.reached()), Ok(1));
+        assert_eq!(ready(&mut body), "data: once\nid: 1\n\n");
+        // Another hub is another subscription.
+        let other = hub_with_first_id(100);
+        assert_eq!(other.subscribe(&conn), Resume::Live);
+        assert_eq!(other.send("two").map(|sent| sent.reached()), Ok(1));
+    }
+
+    fn hub_with_first_id(first: u64) -> Broadcast {
+        Broadcast::builder().history(10).first_id(first).build()
+    }
+
+    #[test]
+    fn an_unusable_last_event_id_gets_the_reset_event_whatever_the_cursor() {
+        let hub = hub(10);
+        hub.send("missed").unwrap();
+        let (conn, mut body) = client_with(8, LastEventId::Unusable);
+        assert_eq!(hub.subscribe_from(&conn, Some("0")), Resume::Reset);
+        assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 1\n\n");
+        // Without a history there is nothing to resume: live events.
+        let (conn, _body) = client_with(8, LastEventId::Unusable);
+        assert_eq!(Broadcast::new().subscribe(&conn), Resume::Live);
+    }
+
+    #[test]
+    fn replays_share_the_history_bytes_instead_of_copying_them() {
+        // Events larger than a body frame are handed over one by one, so the body's frames are
+        // the queued bytes themselves.
+        let hub = hub(10);
+        let big = "x".repeat(70 * 1024);
+        for _ in 0..3 {
+            hub.send(big.as_str()).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut seen: Vec<Vec<*const u8>> = Vec::new();
+        let clients: Vec<_> = (0..200).map(|_| client(1, Some("0"))).collect();
+        for (conn, _) in &clients {
+            assert_eq!(hub.subscribe(conn), Resume::Replayed(3));
+        }
+        for (_, mut body) in clients {
+            let mut pointers = Vec::new();
+            while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+                pointers.push(frame.into_data().expect("data frame").as_ptr());
+            }
+            seen.push(pointers);
+        }
+        assert_eq!(seen[0].len(), 3);
+        assert!(seen.iter().all(|pointers| *pointers == seen[0]));
+    }
+
+    #[test]
+    fn pruning_runs_when_the_list_doubles_since_the_last_prune() {
+        let hub = Broadcast::new();
+        let live: Vec<_> = (0..100).map(|_| client(4, None)).collect();
+        for (conn, _) in &live {
+            hub.subscribe(conn);
+        }
+        let mut lengths = Vec::new();
+        for _ in 0..1000 {
+            let (conn, body) = client(4, None);
+            hub.subscribe(&conn);
+            drop(body);
+            lengths.push(hub.lock().subscribers.len());
+        }
+        // 100 live ones: the list grows to twice that, then is pruned back to the live ones,
+        // first at 128 (the threshold the live ones left), then every 100 subscribes.
+        assert_eq!(lengths.iter().max(), Some(&200));
+        assert_eq!(lengths.iter().min(), Some(&101));
+        assert_eq!(lengths.iter().filter(|&&len| len == 101).count(), 11);
+    }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{handover, next_connection};
+use futures_util::StreamExt;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -665,4 +666,24 @@ fn errors_are_displayed_and_chained() {
     let full = TryPushError::Full(Event::from("x"));
     assert!(!full.to_string().is_empty());
     assert_eq!(full.into_event().unwrap().encode().unwrap(), "data: x\n\n");
+}
+
+#[tokio::test]
+async fn queued_events_are_joined_into_frames_of_at_most_64_kib_never_splitting_one() {
+    let events = EventSourceService::new(|conn: Connection, _req: Request<()>| async move {
+        // Each event is 100 bytes on the wire: "data: " + 92 bytes + "\n\n".
+        for _ in 0..1000 {
+            conn.try_push("x".repeat(92)).unwrap();
+        }
+    })
+    .buffer(1000);
+    let response = events.oneshot(Request::new(())).await.unwrap();
+    let sizes: Vec<usize> = response
+        .into_body()
+        .into_data_stream()
+        .map(|frame| frame.unwrap().len())
+        .collect()
+        .await;
+    // 655 whole events fit in 64 KiB (65,536 bytes); the rest follow in the next frame.
+    assert_eq!(sizes, [65_500, 34_500]);
 }
