@@ -121,6 +121,7 @@ mod broadcast;
 mod connection;
 mod error;
 mod event;
+mod event_source;
 mod service;
 mod shutdown;
 
@@ -129,6 +130,7 @@ pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, S
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
+pub use event_source::EventSource;
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 
