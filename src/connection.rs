@@ -41,8 +41,8 @@ pub(crate) struct Shared {
     limits: Arc<Limits>,
     last_event_id: LastEventId,
     /// The runtime the stream was created on: its timers serve pushes and closes made from
-    /// any thread.
-    runtime: Handle,
+    /// any thread. `None` only for a connection that was ended from the start.
+    runtime: Option<Handle>,
 }
 
 /// The request's `Last-Event-ID`, as the stream sees it.
@@ -131,11 +131,27 @@ impl Connection {
         last_event_id: LastEventId,
         runtime: Handle,
     ) -> (Self, Arc<Shared>) {
+        Self::with_phase(limits, last_event_id, Some(runtime), Phase::Open)
+    }
+
+    /// A handle whose stream has already ended as if its client had gone: pushes fail with
+    /// [`PushError::Disconnected`] and [`closed`](Self::closed) resolves at once. It needs no
+    /// runtime, for a request that could not get a stream.
+    pub(crate) fn ended(limits: Arc<Limits>, last_event_id: LastEventId) -> Self {
+        Self::with_phase(limits, last_event_id, None, Phase::Gone).0
+    }
+
+    fn with_phase(
+        limits: Arc<Limits>,
+        last_event_id: LastEventId,
+        runtime: Option<Handle>,
+        phase: Phase,
+    ) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 counted: 0,
-                phase: Phase::Open,
+                phase,
                 closed_here: false,
                 handles: 1,
                 body: None,
@@ -259,16 +275,16 @@ impl Connection {
                 Err((Refused::Full, frame)) => frame,
                 other => return other.map_err(|(refused, _)| refused),
             };
-            match self.shared.stall_deadline() {
+            match (self.shared.stall_deadline(), &self.shared.runtime) {
                 // Wake up at the deadline to end the stalled stream. The timer comes from the
                 // stream's runtime, so a push from any thread or executor can wait.
-                Some(deadline) => {
-                    let _guard = self.shared.runtime.enter();
+                (Some(deadline), Some(runtime)) => {
+                    let _guard = runtime.enter();
                     let timeout = tokio::time::timeout_at(deadline, room);
                     drop(_guard);
                     let _ = timeout.await;
                 }
-                None => room.await,
+                _ => room.await,
             }
         }
     }
@@ -433,12 +449,15 @@ impl Shared {
         let Some(timeout) = self.limits.send_timeout else {
             return;
         };
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
         if state.queue.is_empty() {
             return;
         }
         state.full_since.get_or_insert_with(Instant::now);
         let shared = Arc::clone(self);
-        self.runtime.spawn(async move {
+        runtime.spawn(async move {
             loop {
                 let drained = shared.changed.notified();
                 tokio::pin!(drained);

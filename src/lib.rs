@@ -2,7 +2,11 @@
 //!
 //! A handler gets a [`Connection`] and the request, and pushes [`Event`]s; the
 //! [`EventSourceService`] answers at once with a streaming `http::Response` whose
-//! [`EventStreamBody`] carries them to the browser's `EventSource`.
+//! [`EventStreamBody`] carries them to the browser's `EventSource`. Inside a handler of your
+//! own (an axum handler with extractors, say), [`EventSource::connect`] starts the same stream
+//! and hands back the connection and the response; see [In an axum
+//! handler](#in-an-axum-handler-connect). One [`EventSource`] holds the stream settings for
+//! both.
 //!
 //! ```
 //! use std::time::Duration;
@@ -18,12 +22,14 @@
 //!     conn.push(["foo", "bar", "baz"]).await?;                 // one event, three data lines
 //!     conn.push(Event::new().id("1").data("foo")).await?;      // fields
 //!     conn.push(Event::new().event("tick").retry(Duration::from_secs(3)).data("x")).await?;
-//!     conn.close();
+//!     conn.close();                                           // the stream ends here
 //!     Ok::<_, PushError>(())
 //! });
 //!
 //! let response = events.oneshot(Request::new(())).await.unwrap();
 //! assert_eq!(response.headers()["content-type"], "text/event-stream");
+//! // `collect` returns because the handler closes the stream; a stream that goes on is read
+//! // event by event, as "Testing" below shows.
 //! let body = response.into_body().collect().await.unwrap().to_bytes();
 //! assert_eq!(
 //!     body,
@@ -38,6 +44,85 @@
 //! Mount it like any service: `axum::Router::new().route_service("/events", events)`, or
 //! serve it with hyper through `hyper_util::service::TowerToHyperService`.
 //!
+//! # In an axum handler: `connect`
+//!
+//! The service's handler gets only the connection and the request, and its
+//! [`check`](EventSourceService::check) answers with a status only. When the stream needs
+//! extractors (`State`, `Path`, the authenticated user), a refusal with headers (`401` with
+//! `WWW-Authenticate`) or a check that awaits, write an ordinary handler and call
+//! [`EventSource::connect`] once the request is accepted: it returns the [`Connection`] and an
+//! `http::Response<EventStreamBody>`, which axum takes as the handler's return value. It spawns
+//! nothing; the handler pushes from a task of its own or hands the connection to a
+//! [`Broadcast`].
+//!
+//! ```
+//! use axum::{
+//!     extract::State,
+//!     http::{header, HeaderMap, StatusCode},
+//!     response::{IntoResponse, Response},
+//!     routing::get,
+//!     Router,
+//! };
+//! use tower_eventsource::{Event, EventSource, PushError};
+//!
+//! #[derive(Clone)]
+//! struct AppState {
+//!     events: EventSource,
+//! }
+//!
+//! async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
+//!     // Refuse as any handler does: any status, any header, after any `await`.
+//!     let Some(user) = authenticate(&headers).await else {
+//!         let challenge = [(header::WWW_AUTHENTICATE, r#"Bearer realm="events""#)];
+//!         return (StatusCode::UNAUTHORIZED, challenge).into_response();
+//!     };
+//!     let (conn, response) = state.events.connect(&headers);
+//!     tokio::spawn(async move {
+//!         conn.push(Event::new().event("hello").data(user)).await?;
+//!         // ... push this user's events until a push fails or `conn.closed()` resolves.
+//!         Ok::<_, PushError>(())
+//!     });
+//!     response.into_response()
+//! }
+//!
+//! async fn authenticate(headers: &HeaderMap) -> Option<String> {
+//!     let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+//!     (token == "Bearer secret").then(|| "alice".to_owned())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let app: Router = Router::new()
+//!     .route("/events", get(events))
+//!     .with_state(AppState { events: EventSource::new() });
+//! # use tower::ServiceExt;
+//! # let refused = app.clone().oneshot(http::Request::get("/events").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! # assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+//! # assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="events""#);
+//! # let accepted = http::Request::get("/events").header("authorization", "Bearer secret");
+//! # let accepted = app.oneshot(accepted.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! # assert_eq!(accepted.status(), StatusCode::OK);
+//! # assert_eq!(accepted.headers()[header::CONTENT_TYPE], "text/event-stream");
+//! # }
+//! ```
+//!
+//! `connect` reads `Last-Event-ID`, queues the [`retry`](EventSource::retry) field and
+//! registers with the [shutdown](#shutdown) handle as the service does. When axum routes a
+//! `HEAD` request to the handler, it drops the response's body, so the stream sees its client
+//! leave at once: pushes fail with [`PushError::Disconnected`] and [`Connection::closed`]
+//! resolves. A handler that returns when a push fails or `closed()` resolves does no work for
+//! it.
+//!
+//! Authentication fits either shape: a handler with `connect`, as above, or a tower layer in
+//! front of the service, which can refuse with any response and put the user in the request's
+//! extensions for the service's handler to read. The service's `check` answers with a status
+//! only and passes nothing on.
+//!
+//! An axum handler that forwards to the service instead (`events.oneshot(req).await` inside
+//! `async move { .. }`, to run extractors first) may fail to compile with "implementation of
+//! `Send` is not general enough" once it does real work before the call; calling
+//! `Service::call(&mut events, req).await` compiles, and `connect` needs no forwarding at all.
+//!
 //! # Encoding
 //!
 //! Each event is encoded once, when it is pushed, into the exact bytes the WHATWG
@@ -48,7 +133,7 @@
 //!
 //! # Backpressure
 //!
-//! Each connection has a bounded buffer ([`EventSourceService::buffer`]).
+//! Each connection has a bounded buffer ([`EventSource::buffer`]).
 //! [`Connection::push`] waits while it is full, which happens when the client reads more slowly
 //! than the handler pushes; [`Connection::try_push`] never waits and hands the event back with
 //! [`TryPushError::Full`]. Queued events go out together in one body frame.
@@ -78,17 +163,17 @@
 //!
 //! A peer that vanishes without closing its connection (a pulled cable, a suspended laptop) is
 //! noticed when writes to it fail or stall: when events are pushed, the send timeout ends the
-//! stream ([`EventSourceService::send_timeout`]); on a quiet stream only the operating system
+//! stream ([`EventSource::send_timeout`]); on a quiet stream only the operating system
 //! can tell, once it gives up on the keep-alive comment, which by default takes many minutes.
 //! To bound that, set TCP keep-alive or `TCP_USER_TIMEOUT` on the accepted sockets (for
 //! example with the `socket2` crate) where the server accepts them.
 //!
 //! # Keep-alive
 //!
-//! After an interval without any frame ([`EventSourceService::keep_alive`]) the body sends a
+//! After an interval without any frame ([`EventSource::keep_alive`]) the body sends a
 //! comment line, which browsers ignore: proxies keep the quiet stream open, and a write to a
 //! vanished client fails so the stream ends. A client that stops reading while events are
-//! queued is ended by the send timeout ([`EventSourceService::send_timeout`]), so a stuck
+//! queued is ended by the send timeout ([`EventSource::send_timeout`]), so a stuck
 //! client holds no more than its buffer.
 //!
 //! # Last-Event-ID
@@ -106,21 +191,81 @@
 //! # Shutdown
 //!
 //! Streams do not end by themselves, so a server draining its connections would wait for ever.
-//! A [`Shutdown`] handle given to the service with
-//! [`EventSourceService::graceful_shutdown`] ends every stream cleanly, after an optional
+//! A [`Shutdown`] handle given to the streams with
+//! [`EventSource::graceful_shutdown`] ends every stream cleanly, after an optional
 //! farewell event. A handler that panics ends its own stream only.
+//!
+//! # Testing
+//!
+//! A stream does not end by itself, so a test reads it event by event, with a timeout on each
+//! read (never `collect()`, which waits for an end that may not come). The
+//! [`eventsource-stream`](https://docs.rs/eventsource-stream) crate parses the body into
+//! events with their name, data and id:
+//!
+//! ```
+//! use std::time::Duration;
+//! use eventsource_stream::Eventsource;
+//! use futures_util::StreamExt;
+//! use http_body_util::BodyExt;
+//! use tokio::time::timeout;
+//! use tower::ServiceExt;
+//! use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let hub = Broadcast::new();
+//! let events = EventSourceService::new({
+//!     let hub = hub.clone();
+//!     move |conn: Connection, _req: http::Request<()>| {
+//!         hub.subscribe(&conn);
+//!         async {}
+//!     }
+//! });
+//!
+//! let response = events.oneshot(http::Request::new(())).await.unwrap();
+//! // The service runs the handler on a task of its own: wait until it has subscribed.
+//! timeout(Duration::from_secs(5), async {
+//!     while hub.stats().subscribers == 0 {
+//!         tokio::task::yield_now().await;
+//!     }
+//! })
+//! .await
+//! .expect("the handler subscribes");
+//! hub.send(Event::new().event("tick").id("7").data("hello")).unwrap();
+//!
+//! let mut stream = response.into_body().into_data_stream().eventsource();
+//! let event = timeout(Duration::from_secs(5), stream.next())
+//!     .await
+//!     .expect("an event arrives in time")
+//!     .expect("the stream goes on")
+//!     .expect("the stream parses");
+//! assert_eq!((event.event.as_str(), event.data.as_str(), event.id.as_str()), ("tick", "hello", "7"));
+//! # }
+//! ```
+//!
+//! A handler that calls [`EventSource::connect`] and subscribes before it returns needs no
+//! wait: the subscription has happened when its response arrives, and the test can send at
+//! once. In the service's handler, [`Broadcast::subscribe`] returns a [`Resume`] the handler
+//! can hand to the test, and [`Broadcast::stats`] counts the `subscribers`.
 //!
 //! # Feature flags
 //!
-//! - `json`: [`Event::json_data`], serialising data with serde_json.
+//! - `json`: [`Event::json_data`][json_data], serialising data with serde_json.
 //! - `tracing`: handler panics (error level) and handler errors (debug level) are reported
 //!   with `tracing`.
+//!
+#![cfg_attr(feature = "json", doc = "[json_data]: Event::json_data")]
+#![cfg_attr(
+    not(feature = "json"),
+    doc = "[json_data]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.Event.html#method.json_data"
+)]
 
 mod body;
 mod broadcast;
 mod connection;
 mod error;
 mod event;
+mod event_source;
 mod service;
 mod shutdown;
 
@@ -129,6 +274,7 @@ pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, S
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
+pub use event_source::EventSource;
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 

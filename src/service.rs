@@ -2,12 +2,12 @@
 
 use crate::{
     body::EventStreamBody,
-    connection::{stream_runtime, LastEventId, Limits, Shared},
-    Connection, Event, Shutdown,
+    connection::Shared,
+    event_source::{empty, EventSource},
+    Connection, Shutdown,
 };
 use http::{
-    header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
-    StatusCode,
+    header, request::Parts, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 };
 use std::{
     convert::Infallible,
@@ -20,24 +20,26 @@ use std::{
 };
 use tower_service::Service;
 
-/// Longest keep-alive interval or send timeout; longer ones are taken as this.
-const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-
 type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 
 /// A [`Service`] that answers each request with a stream of Server-Sent Events.
 ///
-/// For each accepted request it creates a [`Connection`], spawns the handler with it and the
-/// request on the current tokio runtime (which must have its time driver enabled, as
-/// `#[tokio::main]` and `Runtime::new` do, for keep-alive and the send timeout), and returns the streaming response at once, so the
-/// browser's `open` event fires before the first event. The handler pushes events through the
-/// connection; the stream ends when the handler closes the connection or drops every clone of
-/// it, or when the client goes away.
+/// For each accepted request it starts a stream as [`EventSource::connect`] does, spawns the
+/// handler with the [`Connection`] and the request on the current tokio runtime (which must
+/// have its time driver enabled, as `#[tokio::main]` and `Runtime::new` do, for keep-alive and
+/// the send timeout), and returns the streaming response at once, so the browser's `open`
+/// event fires before the first event. The handler pushes events through the connection; the
+/// stream ends when the handler closes the connection or drops every clone of it, or when the
+/// client goes away.
 ///
 /// The handler is an async closure `Fn(Connection, Request<B>) -> impl Future` whose future
-/// returns `()` or `Result<(), E>` (see [`HandlerOutput`]).
+/// returns `()` or `Result<(), E>` (see [`HandlerOutput`]). For a handler with extractors
+/// (axum's `State`, `Path`, a user), or refusals with headers or after an `await`, write an
+/// ordinary handler that calls [`EventSource::connect`] instead.
 ///
-/// Cloning the service is cheap: clones share the handler and the settings.
+/// The stream settings come from an [`EventSource`] (`EventSource::new().service(handler)`);
+/// `methods` and `check` belong to the service. Cloning the service is cheap: clones share the
+/// handler and the settings.
 ///
 /// # Responses
 ///
@@ -46,141 +48,98 @@ type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 /// | accepted method, check passes | `200`, the event stream (for `HEAD`, its headers only) |
 /// | other method | `405` with an `Allow` header listing the accepted methods |
 /// | the [`check`](Self::check) refuses | the status it returned, no body |
-/// | no tokio runtime to spawn the handler on | `500` |
+/// | no usable tokio runtime to spawn the handler on | `500` |
 ///
-/// The stream's headers are `Content-Type: text/event-stream`, `Cache-Control: no-store` and
-/// `X-Accel-Buffering: no` (so nginx does not buffer it), plus those set with
-/// [`header`](Self::header). There is never a `Content-Length` or `Connection` header.
+/// The stream's headers are those of [`EventSource::header`]. There is never a
+/// `Content-Length` or `Connection` header.
 #[must_use]
 pub struct EventSourceService<H> {
     handler: Arc<H>,
+    source: EventSource,
     config: Arc<Config>,
 }
 
 #[derive(Clone)]
 struct Config {
-    headers: HeaderMap,
-    limits: Arc<Limits>,
-    retry: Option<Duration>,
     methods: Vec<Method>,
     check: Option<Arc<Check>>,
-    shutdown: Option<Shutdown>,
 }
 
 impl<H> EventSourceService<H> {
-    /// A service that runs `handler` for each accepted request.
+    /// A service that runs `handler` for each accepted request, with the default settings:
+    /// the same as `EventSource::new().service(handler)`.
     ///
-    /// Each setting's default is stated on its setter.
+    /// Each setting's default is stated on its setter ([`EventSource`]'s for the stream's).
     pub fn new<B, F>(handler: H) -> Self
     where
         H: Fn(Connection, Request<B>) -> F,
         F: Future,
     {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(
-            HeaderName::from_static("x-accel-buffering"),
-            HeaderValue::from_static("no"),
-        );
+        Self::from_source(EventSource::new(), handler)
+    }
+
+    pub(crate) fn from_source(source: EventSource, handler: H) -> Self {
         EventSourceService {
             handler: Arc::new(handler),
+            source,
             config: Arc::new(Config {
-                headers,
-                limits: Arc::new(Limits {
-                    buffer: 256,
-                    send_timeout: Some(Duration::from_secs(30)),
-                    keep_alive: Some(Duration::from_secs(15)),
-                }),
-                retry: None,
                 methods: vec![Method::GET, Method::HEAD],
                 check: None,
-                shutdown: None,
             }),
         }
     }
 
-    /// Sets a header on the stream's response, replacing any default or earlier value of the
-    /// same name (for one name with several values, call [`append_header`](Self::append_header)).
-    ///
-    /// Use it to change `Cache-Control`, or for CORS on a single route: these headers go on the
-    /// stream's response only, not on refusals (`405`, the check's status), so a cross-origin
-    /// page cannot read those; tower-http's `CorsLayer` covers every response. Hop-by-hop headers
-    /// (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`, `TE`,
-    /// `Trailer`) and `Content-Length` are ignored: they are malformed on HTTP/2 or would
-    /// break the stream.
+    /// Same as [`EventSource::header`].
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        if allowed_header(&name) {
-            Arc::make_mut(&mut self.config).headers.insert(name, value);
-        }
+        self.source = self.source.header(name, value);
         self
     }
 
-    /// Adds a value to a header of the stream's response, keeping the values it already has.
-    /// The same names are ignored as for [`header`](Self::header).
+    /// Same as [`EventSource::append_header`].
     pub fn append_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        if allowed_header(&name) {
-            Arc::make_mut(&mut self.config).headers.append(name, value);
-        }
+        self.source = self.source.append_header(name, value);
         self
     }
 
-    /// Sends a keep-alive comment (`:`) after `interval` without any frame, so that proxies do
-    /// not drop quiet streams and a dead client is noticed through the failed write. It never
-    /// delays an event. Default: 15 seconds. An interval below one millisecond is raised to one
-    /// millisecond, and one above 30 years lowered to 30 years.
+    /// Same as [`EventSource::keep_alive`].
     pub fn keep_alive(mut self, interval: Duration) -> Self {
-        self.limits().keep_alive = Some(interval.clamp(Duration::from_millis(1), LONGEST));
+        self.source = self.source.keep_alive(interval);
         self
     }
 
-    /// Sends no keep-alive comments.
+    /// Same as [`EventSource::without_keep_alive`].
     pub fn without_keep_alive(mut self) -> Self {
-        self.limits().keep_alive = None;
+        self.source = self.source.without_keep_alive();
         self
     }
 
-    /// How many events each connection may queue before [`Connection::push`] waits and
-    /// [`Connection::try_push`] reports the buffer full. Default: 256. Zero is raised to one.
-    ///
-    /// The buffer only fills while the client reads more slowly than events are pushed; a
-    /// larger one lets the body join more events into each write.
+    /// Same as [`EventSource::buffer`].
     pub fn buffer(mut self, events: usize) -> Self {
-        self.limits().buffer = events.max(1);
+        self.source = self.source.buffer(events);
         self
     }
 
-    /// Ends a stream whose client has stopped reading: when the buffer is full and the server
-    /// has not taken anything from it for `timeout`, the stream ends, its queued events are
-    /// dropped, [`Connection::closed`] resolves and pushes fail. This bounds what a stuck or
-    /// vanished client holds to the buffer. It is checked when a push finds the buffer full
-    /// ([`Connection::push`] waits at most that long), and by a timer once the stream is
-    /// closing with events still queued. Default: 30 seconds; longer than 30 years is taken as
-    /// 30 years. A stalled stream that nobody pushes to holds at most its buffer.
+    /// Same as [`EventSource::send_timeout`].
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        self.limits().send_timeout = Some(timeout.min(LONGEST));
+        self.source = self.source.send_timeout(timeout);
         self
     }
 
-    /// Never ends a stream for being stalled; [`Connection::push`] may wait for ever.
+    /// Same as [`EventSource::without_send_timeout`].
     pub fn without_send_timeout(mut self) -> Self {
-        self.limits().send_timeout = None;
+        self.source = self.source.without_send_timeout();
         self
     }
 
-    /// Ends this service's streams when `shutdown` is triggered; see [`Shutdown`].
+    /// Same as [`EventSource::graceful_shutdown`].
     pub fn graceful_shutdown(mut self, shutdown: &Shutdown) -> Self {
-        Arc::make_mut(&mut self.config).shutdown = Some(shutdown.clone());
+        self.source = self.source.graceful_shutdown(shutdown);
         self
     }
 
-    /// Starts every stream with `retry:`, setting how long the browser waits before it
-    /// reconnects. Default: none, so the browser uses its own (about 3 seconds).
+    /// Same as [`EventSource::retry`].
     pub fn retry(mut self, reconnect_after: Duration) -> Self {
-        Arc::make_mut(&mut self.config).retry = Some(reconnect_after);
+        self.source = self.source.retry(reconnect_after);
         self
     }
 
@@ -207,6 +166,12 @@ impl<H> EventSourceService<H> {
     /// `204 No Content` tells a browser to stop reconnecting for good; `401`, `403` and `404`
     /// refuse. (Any status but `200` stops a browser's `EventSource`.)
     ///
+    /// The check answers with a status only, at once, and passes nothing on to the handler.
+    /// A refusal with headers (`401` with `WWW-Authenticate`), a check that has to `await`
+    /// (a session store, a database), or handing the authenticated user to the stream belong
+    /// in a handler of your own that calls [`EventSource::connect`] once the request is
+    /// accepted (the crate docs show one), or in a tower layer in front of the service.
+    ///
     /// ```
     /// use http::StatusCode;
     /// use tower_eventsource::{Connection, EventSourceService};
@@ -226,10 +191,6 @@ impl<H> EventSourceService<H> {
     {
         Arc::make_mut(&mut self.config).check = Some(Arc::new(check));
         self
-    }
-
-    fn limits(&mut self) -> &mut Limits {
-        Arc::make_mut(&mut Arc::make_mut(&mut self.config).limits)
     }
 
     /// The response for `req`, spawning the handler when it gets a stream.
@@ -264,35 +225,20 @@ impl<H> EventSourceService<H> {
                 Request::from_parts(parts, body)
             }
         };
-        let body = if req.method() == Method::HEAD {
-            EventStreamBody::empty()
-        } else {
-            let Some(runtime) = stream_runtime() else {
-                return empty(StatusCode::INTERNAL_SERVER_ERROR);
-            };
-            let last_event_id = LastEventId::from_headers(req.headers());
-            let (conn, shared) =
-                Connection::new(Arc::clone(&config.limits), last_event_id, runtime.clone());
-            if let Some(retry) = config.retry {
-                conn.send_unbounded([Event::new().retry(retry).finish()]);
-            }
-            let open = config
-                .shutdown
-                .as_ref()
-                .is_none_or(|shutdown| shutdown.register(&shared));
-            if open {
-                let handler = Arc::clone(&self.handler);
-                let guard = PanicGuard(Arc::clone(&shared));
-                runtime.spawn(async move {
-                    handler(conn, req).await.report();
-                    drop(guard);
-                });
-            }
-            EventStreamBody::stream(shared)
-        };
-        let mut response = Response::new(body);
-        *response.headers_mut() = config.headers.clone();
-        response
+        if req.method() == Method::HEAD {
+            return self.source.response(EventStreamBody::empty());
+        }
+        let opened = self.source.open(req.headers());
+        if let Some((runtime, shared)) = opened.live {
+            let handler = Arc::clone(&self.handler);
+            let guard = PanicGuard(shared);
+            let conn = opened.conn;
+            runtime.spawn(async move {
+                handler(conn, req).await.report();
+                drop(guard);
+            });
+        }
+        opened.response
     }
 }
 
@@ -300,6 +246,7 @@ impl<H> Clone for EventSourceService<H> {
     fn clone(&self) -> Self {
         EventSourceService {
             handler: Arc::clone(&self.handler),
+            source: self.source.clone(),
             config: Arc::clone(&self.config),
         }
     }
@@ -307,14 +254,10 @@ impl<H> Clone for EventSourceService<H> {
 
 impl<H> fmt::Debug for EventSourceService<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let config = &*self.config;
         f.debug_struct("EventSourceService")
-            .field("headers", &config.headers)
-            .field("limits", &config.limits)
-            .field("retry", &config.retry)
-            .field("methods", &config.methods)
-            .field("check", &config.check.is_some())
-            .field("shutdown", &config.shutdown)
+            .field("source", &self.source)
+            .field("methods", &self.config.methods)
+            .field("check", &self.config.check.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -405,24 +348,4 @@ impl Drop for PanicGuard {
             self.0.close_here(None);
         }
     }
-}
-
-fn empty(status: StatusCode) -> Response<EventStreamBody> {
-    let mut response = Response::new(EventStreamBody::empty());
-    *response.status_mut() = status;
-    response
-}
-
-fn allowed_header(name: &HeaderName) -> bool {
-    ![
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-        header::TRAILER,
-        header::CONTENT_LENGTH,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ]
-    .contains(name)
 }

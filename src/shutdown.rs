@@ -7,8 +7,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, Weak},
 };
 
-/// A handle that ends the open streams of the services given it with
-/// [`EventSourceService::graceful_shutdown`](crate::EventSourceService::graceful_shutdown).
+/// A handle that ends the open streams given it with
+/// [`EventSource::graceful_shutdown`](crate::EventSource::graceful_shutdown) (or the service's
+/// setter of the same name), whether the service or [`EventSource::connect`](crate::EventSource::connect)
+/// started them.
 ///
 /// Streams never end by themselves, so a server waiting for its connections to finish (such as
 /// hyper-util's `GracefulShutdown`, or `axum::serve(..).with_graceful_shutdown(..)`) would wait
@@ -20,7 +22,7 @@ use std::{
 /// A browser reconnects after an ended stream (a farewell with [`Event::retry`] sets when), so
 /// during a rolling restart it comes back to another instance. A client that stopped reading
 /// keeps its connection until the send timeout ends it
-/// ([`EventSourceService::send_timeout`](crate::EventSourceService::send_timeout)); bound the
+/// ([`EventSource::send_timeout`](crate::EventSource::send_timeout)); bound the
 /// server's wait as well.
 ///
 /// ```

@@ -1,0 +1,321 @@
+//! The stream settings, [`EventSource`], and [`EventSource::connect`], which starts a stream
+//! inside any handler.
+
+use crate::{
+    body::EventStreamBody,
+    connection::{stream_runtime, LastEventId, Limits, Shared},
+    service::EventSourceService,
+    Connection, Event, Shutdown,
+};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+use tokio::runtime::Handle;
+
+/// Longest keep-alive interval or send timeout; longer ones are taken as this.
+const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// The settings of event streams: response headers, keep-alive, buffer, send timeout, `retry`
+/// and graceful shutdown.
+///
+/// One `EventSource` serves both ways of starting a stream:
+///
+/// - [`service`](Self::service) builds an [`EventSourceService`], which spawns a handler for
+///   each request;
+/// - [`connect`](Self::connect) starts a stream inside a handler of your own (an axum handler
+///   with extractors, say) and hands back the [`Connection`] and the response to return.
+///
+/// Cloning is cheap (the settings are shared behind an `Arc`), so it can live in an app's
+/// state. Each setting's default is stated on its setter.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_eventsource::{Connection, EventSource};
+///
+/// let source = EventSource::new()
+///     .keep_alive(Duration::from_secs(20))
+///     .retry(Duration::from_secs(2));
+/// let events = source.service(|conn: Connection, _req: http::Request<()>| async move {
+///     let _ = conn.push("hello").await;
+/// });
+/// # drop(events);
+/// ```
+#[derive(Clone)]
+pub struct EventSource {
+    settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    headers: HeaderMap,
+    limits: Arc<Limits>,
+    retry: Option<Duration>,
+    shutdown: Option<Shutdown>,
+}
+
+/// A stream started by [`EventSource::open`].
+pub(crate) struct Opened {
+    pub(crate) conn: Connection,
+    pub(crate) response: Response<EventStreamBody>,
+    /// The runtime the stream runs on and its shared state, while a handler should run for
+    /// it; `None` when there is no stream (no usable runtime) or shutdown has already ended it.
+    pub(crate) live: Option<(Handle, Arc<Shared>)>,
+}
+
+impl EventSource {
+    /// The default settings, each stated on its setter.
+    pub fn new() -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+        EventSource {
+            settings: Arc::new(Settings {
+                headers,
+                limits: Arc::new(Limits {
+                    buffer: 256,
+                    send_timeout: Some(Duration::from_secs(30)),
+                    keep_alive: Some(Duration::from_secs(15)),
+                }),
+                retry: None,
+                shutdown: None,
+            }),
+        }
+    }
+
+    /// A service with these settings that runs `handler` for each accepted request; see
+    /// [`EventSourceService`].
+    pub fn service<H, B, F>(&self, handler: H) -> EventSourceService<H>
+    where
+        H: Fn(Connection, Request<B>) -> F,
+        F: Future,
+    {
+        EventSourceService::from_source(self.clone(), handler)
+    }
+
+    /// Starts a stream for a request with `headers`, inside a handler of your own; returns the
+    /// [`Connection`] to push to and the response to return at once.
+    ///
+    /// Call it after the handler's extractors and its own refusals: the handler can answer
+    /// anything before it (any status, any header, after any `await`), and from here on the
+    /// request gets a stream. Like the service, it reads `Last-Event-ID` from `headers` (see
+    /// [`Connection::last_event_id`]), queues the `retry:` field first when one is set,
+    /// registers the stream with the [`graceful_shutdown`](Self::graceful_shutdown) handle
+    /// (once that is triggered, the stream holds only the farewell and ends, and the
+    /// connection is closed), and sets the response headers. It spawns nothing: push from the
+    /// handler, or hand the connection to a task or a [`Broadcast`](crate::Broadcast). The
+    /// stream ends as described on [`Connection`].
+    ///
+    /// The response is an `http::Response<EventStreamBody>`, which axum accepts as a
+    /// handler's return value as it is (and `Response::map` adapts to any body type).
+    /// Everything a subscription does happens in this call or the handler's own code, so when
+    /// the handler returns, a [`Broadcast::subscribe`](crate::Broadcast::subscribe) it made has
+    /// happened.
+    ///
+    /// Without a usable tokio runtime (none on this thread, or one built without
+    /// `enable_time`, which keep-alive and the send timeout need), the response is an empty
+    /// `500 Internal Server Error` and the connection has already ended: pushes fail with
+    /// [`PushError::Disconnected`](crate::PushError::Disconnected).
+    ///
+    /// # `HEAD` requests
+    ///
+    /// axum routes `HEAD` to `get` handlers and drops the body of the response. The stream
+    /// then sees its client leave at once: [`Connection::closed`] resolves and pushes fail with
+    /// [`PushError::Disconnected`](crate::PushError::Disconnected), so a handler that returns
+    /// when a push fails or `closed()` resolves does no work for it. (The
+    /// [`EventSourceService`] answers `HEAD` without running its handler.)
+    ///
+    /// ```
+    /// use axum::{extract::State, http::HeaderMap, response::IntoResponse, routing::get, Router};
+    /// use tower_eventsource::{EventSource, PushError};
+    ///
+    /// async fn events(State(source): State<EventSource>, headers: HeaderMap) -> impl IntoResponse {
+    ///     let (conn, response) = source.connect(&headers);
+    ///     tokio::spawn(async move {
+    ///         conn.push("hello").await?;
+    ///         Ok::<_, PushError>(())
+    ///     });
+    ///     response
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/events", get(events))
+    ///     .with_state(EventSource::new());
+    /// ```
+    pub fn connect(&self, headers: &HeaderMap) -> (Connection, Response<EventStreamBody>) {
+        let opened = self.open(headers);
+        (opened.conn, opened.response)
+    }
+
+    /// Starts a stream, as [`connect`](Self::connect) describes; the service and `connect`
+    /// share it.
+    pub(crate) fn open(&self, headers: &HeaderMap) -> Opened {
+        let settings = &*self.settings;
+        let last_event_id = LastEventId::from_headers(headers);
+        let Some(runtime) = stream_runtime() else {
+            return Opened {
+                conn: Connection::ended(Arc::clone(&settings.limits), last_event_id),
+                response: empty(StatusCode::INTERNAL_SERVER_ERROR),
+                live: None,
+            };
+        };
+        let (conn, shared) =
+            Connection::new(Arc::clone(&settings.limits), last_event_id, runtime.clone());
+        if let Some(retry) = settings.retry {
+            conn.send_unbounded([Event::new().retry(retry).finish()]);
+        }
+        let open = settings
+            .shutdown
+            .as_ref()
+            .is_none_or(|shutdown| shutdown.register(&shared));
+        let response = self.response(EventStreamBody::stream(Arc::clone(&shared)));
+        Opened {
+            conn,
+            response,
+            live: open.then_some((runtime, shared)),
+        }
+    }
+
+    /// A `200` response with the stream's headers and `body`.
+    pub(crate) fn response(&self, body: EventStreamBody) -> Response<EventStreamBody> {
+        let mut response = Response::new(body);
+        *response.headers_mut() = self.settings.headers.clone();
+        response
+    }
+
+    /// Sets a header on the stream's response, replacing any default or earlier value of the
+    /// same name (for one name with several values, call [`append_header`](Self::append_header)).
+    /// Default: `Content-Type: text/event-stream`, `Cache-Control: no-store` and
+    /// `X-Accel-Buffering: no` (so nginx does not buffer the stream).
+    ///
+    /// Use it to change `Cache-Control`, or for CORS on a single route: these headers go on the
+    /// stream's response only, not on refusals (`405`, a check's status, a handler's own), so a
+    /// cross-origin page cannot read those; tower-http's `CorsLayer` covers every response.
+    /// Hop-by-hop headers (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`,
+    /// `Proxy-Connection`, `TE`, `Trailer`) and `Content-Length` are ignored: they are
+    /// malformed on HTTP/2 or would break the stream.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        if allowed_header(&name) {
+            self.settings_mut().headers.insert(name, value);
+        }
+        self
+    }
+
+    /// Adds a value to a header of the stream's response, keeping the values it already has.
+    /// The same names are ignored as for [`header`](Self::header).
+    pub fn append_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        if allowed_header(&name) {
+            self.settings_mut().headers.append(name, value);
+        }
+        self
+    }
+
+    /// Sends a keep-alive comment (`:`) after `interval` without any frame, so that proxies do
+    /// not drop quiet streams and a dead client is noticed through the failed write. It never
+    /// delays an event. Default: 15 seconds. An interval below one millisecond is raised to one
+    /// millisecond, and one above 30 years lowered to 30 years.
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.limits().keep_alive = Some(interval.clamp(Duration::from_millis(1), LONGEST));
+        self
+    }
+
+    /// Sends no keep-alive comments.
+    pub fn without_keep_alive(mut self) -> Self {
+        self.limits().keep_alive = None;
+        self
+    }
+
+    /// How many events each connection may queue before [`Connection::push`] waits and
+    /// [`Connection::try_push`] reports the buffer full. Default: 256. Zero is raised to one.
+    ///
+    /// The buffer only fills while the client reads more slowly than events are pushed; a
+    /// larger one lets the body join more events into each write.
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.limits().buffer = events.max(1);
+        self
+    }
+
+    /// Ends a stream whose client has stopped reading: when the buffer is full and the server
+    /// has not taken anything from it for `timeout`, the stream ends, its queued events are
+    /// dropped, [`Connection::closed`] resolves and pushes fail. This bounds what a stuck or
+    /// vanished client holds to the buffer. It is checked when a push finds the buffer full
+    /// ([`Connection::push`] waits at most that long), and by a timer once the stream is
+    /// closing with events still queued. Default: 30 seconds; longer than 30 years is taken as
+    /// 30 years. A stalled stream that nobody pushes to holds at most its buffer.
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.limits().send_timeout = Some(timeout.min(LONGEST));
+        self
+    }
+
+    /// Never ends a stream for being stalled; [`Connection::push`] may wait for ever.
+    pub fn without_send_timeout(mut self) -> Self {
+        self.limits().send_timeout = None;
+        self
+    }
+
+    /// Ends these streams when `shutdown` is triggered; see [`Shutdown`]. Default: none.
+    pub fn graceful_shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.settings_mut().shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// Starts every stream with `retry:`, setting how long the browser waits before it
+    /// reconnects. Default: none, so the browser uses its own (about 3 seconds).
+    pub fn retry(mut self, reconnect_after: Duration) -> Self {
+        self.settings_mut().retry = Some(reconnect_after);
+        self
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+
+    fn limits(&mut self) -> &mut Limits {
+        Arc::make_mut(&mut self.settings_mut().limits)
+    }
+}
+
+impl Default for EventSource {
+    /// The same as [`EventSource::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &*self.settings;
+        f.debug_struct("EventSource")
+            .field("headers", &settings.headers)
+            .field("limits", &settings.limits)
+            .field("retry", &settings.retry)
+            .field("shutdown", &settings.shutdown)
+            .finish()
+    }
+}
+
+/// A response with `status` and no body.
+pub(crate) fn empty(status: StatusCode) -> Response<EventStreamBody> {
+    let mut response = Response::new(EventStreamBody::empty());
+    *response.status_mut() = status;
+    response
+}
+
+fn allowed_header(name: &HeaderName) -> bool {
+    ![
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::CONTENT_LENGTH,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ]
+    .contains(name)
+}
