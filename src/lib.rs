@@ -102,6 +102,8 @@
 //! [`Broadcast`] sends one event to many connections: it encodes it once, hands the same bytes
 //! to every subscriber, never waits for a slow one ([`SlowClient`]), and with a history replays
 //! exactly what a reconnecting browser missed, or sends a reset event when it cannot.
+//! [`KeyedBroadcast`] keeps one such hub per key (a user, a room, a topic), creating each on
+//! first use and dropping it when it is no longer wanted.
 //!
 //! # Shutdown
 //!
@@ -121,6 +123,7 @@ mod broadcast;
 mod connection;
 mod error;
 mod event;
+mod keyed;
 mod service;
 mod shutdown;
 
@@ -129,6 +132,7 @@ pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, S
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
+pub use keyed::{KeyedBroadcast, KeyedBroadcastBuilder, KeyedBroadcastStats};
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 
