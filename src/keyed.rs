@@ -513,3 +513,274 @@ impl<K> fmt::Debug for KeyedBroadcastBuilder<K> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        connection::{LastEventId, Limits},
+        EventStreamBody,
+    };
+    use http_body::Body;
+    use std::{
+        pin::Pin,
+        task::{Context, Poll, Waker},
+    };
+    use tokio::time::advance;
+
+    const LINGER: Duration = Duration::from_secs(60);
+
+    /// A connection on the current runtime, and its body.
+    fn client(last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
+        let last_event_id = match last_event_id {
+            Some(id) => LastEventId::Id(id.into()),
+            None => LastEventId::Absent,
+        };
+        let limits = Limits {
+            buffer: 16,
+            send_timeout: None,
+            keep_alive: None,
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let (conn, shared) = Connection::new(Arc::new(limits), last_event_id, runtime);
+        (conn, EventStreamBody::stream(shared))
+    }
+
+    /// Every frame the body has ready now, joined.
+    fn ready(body: &mut EventStreamBody) -> String {
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut *body).poll_frame(&mut cx) {
+            out.extend_from_slice(frame.data_ref().expect("data frame"));
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    fn with_history() -> KeyedBroadcast<&'static str> {
+        KeyedBroadcast::builder(Broadcast::builder().history(10).first_id(1))
+            .linger(LINGER)
+            .build()
+    }
+
+    fn without_history() -> KeyedBroadcast<&'static str> {
+        KeyedBroadcast::new(Broadcast::builder())
+    }
+
+    /// Keys and queue entries held now, without the full check `stats` makes.
+    fn held<K: Eq + Hash + Clone + Send + Sync>(hub: &KeyedBroadcast<K>) -> (usize, usize) {
+        let map = hub.lock();
+        (map.keys.len(), map.queue.len())
+    }
+
+    #[tokio::test]
+    async fn each_key_delivers_to_its_own_subscribers_only() {
+        let hub = without_history();
+        let (alice, mut alice_body) = client(None);
+        let (bob, mut bob_body) = client(None);
+        assert_eq!(hub.subscribe(&"alice", &alice), Resume::Live);
+        assert_eq!(hub.subscribe(&"bob", &bob), Resume::Live);
+        assert_eq!(hub.send(&"alice", "a1").unwrap().reached(), 1);
+        assert_eq!(hub.send(&"bob", "b1").unwrap().reached(), 1);
+        assert_eq!(ready(&mut alice_body), "data: a1\n\n");
+        assert_eq!(ready(&mut bob_body), "data: b1\n\n");
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created), (2, 2));
+        assert_eq!(stats.totals.subscribers, 2);
+        assert_eq!(stats.totals.events_sent, 2);
+    }
+
+    #[tokio::test]
+    async fn subscribing_twice_to_a_key_reports_itself_and_delivers_once() {
+        let hub = without_history();
+        let (conn, mut body) = client(None);
+        assert_eq!(hub.subscribe(&"room", &conn), Resume::Live);
+        assert_eq!(hub.subscribe(&"room", &conn), Resume::AlreadySubscribed);
+        // Another key is another subscription.
+        assert_eq!(hub.subscribe(&"other", &conn), Resume::Live);
+        hub.send(&"room", "once").unwrap();
+        hub.send(&"other", "too").unwrap();
+        assert_eq!(ready(&mut body), "data: once\n\ndata: too\n\n");
+        assert_eq!(hub.key_stats(&"room").unwrap().subscribers, 1);
+    }
+
+    #[tokio::test]
+    async fn replay_and_reset_are_per_key() {
+        let hub = with_history();
+        for text in ["a1", "a2", "a3"] {
+            hub.send(&"a", text).unwrap();
+        }
+        hub.send(&"b", "b1").unwrap();
+        let (conn, mut body) = client(Some("1"));
+        assert_eq!(hub.subscribe(&"a", &conn), Resume::Replayed(2));
+        assert_eq!(ready(&mut body), "data: a2\nid: 2\n\ndata: a3\nid: 3\n\n");
+        // Key b has its own ids: "3" is not one of them.
+        let (conn, mut body) = client(Some("3"));
+        assert_eq!(hub.subscribe(&"b", &conn), Resume::Reset);
+        assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 1\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_send_to_an_unknown_key_without_history_creates_nothing() {
+        let hub = without_history();
+        let sent = hub.send(&"nobody", Event::new().id("7").data("x")).unwrap();
+        assert_eq!((sent.id(), sent.reached()), (Some("7"), 0));
+        assert_eq!(
+            hub.send(&"nobody", Event::new().event("x")),
+            Err(EncodeError::EventNameWithoutData)
+        );
+        assert_eq!(held(&hub), (0, 0));
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_send_with_history_creates_the_key_unless_the_event_is_refused() {
+        let hub = with_history();
+        assert_eq!(
+            hub.send(&"k", Event::new().event("x")),
+            Err(EncodeError::EventNameWithoutData)
+        );
+        assert_eq!(held(&hub), (0, 0));
+        assert_eq!(hub.send(&"k", "kept").unwrap().id(), Some("1"));
+        let (conn, mut body) = client(Some("0"));
+        assert_eq!(hub.subscribe(&"k", &conn), Resume::Replayed(1));
+        assert_eq!(ready(&mut body), "data: kept\nid: 1\n\n");
+        assert_eq!(hub.stats().keys_created, 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_without_history_goes_with_its_last_subscriber() {
+        let hub = without_history();
+        let (conn, body) = client(None);
+        hub.subscribe(&"k", &conn);
+        assert_eq!(hub.send(&"k", "x").unwrap().reached(), 1);
+        drop(body);
+        // The check at the start of the next call drops it.
+        hub.send(&"other", "y").unwrap();
+        assert_eq!(held(&hub).0, 0);
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created, stats.keys_dropped), (0, 1, 1));
+        // Its counters stay in the totals.
+        assert_eq!(stats.totals.events_sent, 1);
+        assert_eq!(stats.totals.deliveries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_reaches_no_one_drops_a_key_without_history_at_once() {
+        let hub: KeyedBroadcast<u32> = KeyedBroadcast::new(Broadcast::builder());
+        // Ten busy keys ahead of it in the queue, so the checks do not reach it.
+        let busy: Vec<_> = (0..10).map(|_| client(None)).collect();
+        for (key, (conn, _)) in (1..).zip(&busy) {
+            hub.subscribe(&key, conn);
+        }
+        let (conn, body) = client(None);
+        hub.subscribe(&0, &conn);
+        drop(body);
+        assert_eq!(hub.send(&0, "y").unwrap().reached(), 0);
+        assert_eq!(held(&hub).0, 10);
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_dropped), (10, 1));
+        assert_eq!(stats.totals.events_sent, 1);
+        assert_eq!(stats.totals.subscribers, 10);
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_of_an_ended_stream_creates_no_key() {
+        let hub = with_history();
+        let (conn, body) = client(None);
+        drop(body);
+        assert_eq!(hub.subscribe(&"k", &conn), Resume::Ended);
+        assert_eq!(held(&hub), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_history_lingers_after_its_last_subscriber_left() {
+        let hub = with_history();
+        let (conn, body) = client(None);
+        hub.subscribe(&"k", &conn);
+        hub.send(&"k", "x").unwrap();
+        advance(Duration::from_secs(30)).await;
+        drop(body);
+        assert_eq!(hub.stats().keys, 1);
+        advance(LINGER - Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys, 1);
+        advance(Duration::from_secs(2)).await;
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created, stats.keys_dropped), (0, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_history_lingers_after_its_last_event() {
+        let hub = with_history();
+        hub.send(&"k", "x").unwrap();
+        advance(LINGER - Duration::from_secs(1)).await;
+        hub.send(&"k", "y").unwrap();
+        advance(LINGER - Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys, 1);
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(hub.stats().keys, 0);
+        assert_eq!(hub.stats().keys_dropped, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscribed_key_is_kept_however_long() {
+        let hub = with_history();
+        let (conn, _body) = client(None);
+        hub.subscribe(&"k", &conn);
+        advance(LINGER * 10).await;
+        assert_eq!(hub.stats().keys, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recreated_key_answers_an_old_id_with_the_reset_event() {
+        let hub = with_history();
+        let (conn, body) = client(None);
+        hub.subscribe(&"k", &conn);
+        for text in ["1", "2", "3"] {
+            hub.send(&"k", text).unwrap();
+        }
+        drop(body);
+        hub.stats();
+        advance(LINGER + Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys_dropped, 1);
+        // The key comes back with new events; it never assigns ids the dropped one did.
+        for text in ["4", "5", "6", "7"] {
+            hub.send(&"k", text).unwrap();
+        }
+        for old in ["1", "2", "3"] {
+            let (conn, mut body) = client(Some(old));
+            assert_eq!(hub.subscribe(&"k", &conn), Resume::Reset, "old id {old}");
+            let reset = ready(&mut body);
+            assert!(reset.starts_with("event: reset\n"), "{reset}");
+            // Resuming from the reset's id misses nothing after it.
+            let newest = reset.rsplit("id: ").next().unwrap().trim_end().to_owned();
+            hub.send(&"k", "next").unwrap();
+            let (again, mut body) = client(Some(&newest));
+            assert!(matches!(hub.subscribe(&"k", &again), Resume::Replayed(1)));
+            assert!(ready(&mut body).starts_with("data: next\n"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_churned_keys_leave_the_hub_small() {
+        for hub in [without_history(), with_history()] {
+            let mut most = (0, 0);
+            for i in 0..10_000u32 {
+                let key: &'static str = Box::leak(i.to_string().into_boxed_str());
+                let (conn, body) = client(None);
+                hub.subscribe(&key, &conn);
+                hub.send(&key, "x").unwrap();
+                drop(body);
+                advance(Duration::from_secs(1)).await;
+                let (keys, queue) = held(&hub);
+                most = (most.0.max(keys), most.1.max(queue));
+            }
+            // Keys with a history linger 60 s, at one new key per second, plus the few
+            // seconds until a check notices that the subscriber left; the others go at once.
+            assert!(most.0 <= 100 && most.1 <= 100, "held at most {most:?}");
+            let stats = hub.stats();
+            assert_eq!(stats.keys_created, 10_000);
+            assert_eq!(stats.keys_dropped + stats.keys as u64, 10_000);
+        }
+    }
+}
