@@ -318,7 +318,11 @@ where
     ///
     /// Also a way to wait, in a test, until a handler has subscribed a connection.
     pub fn key_stats(&self, key: &K) -> Option<BroadcastStats> {
-        let hub = self.lock().keys.get(key).map(|slot| Arc::clone(&slot.hub))?;
+        let hub = self
+            .lock()
+            .keys
+            .get(key)
+            .map(|slot| Arc::clone(&slot.hub))?;
         Some(hub.stats())
     }
 
@@ -328,7 +332,11 @@ where
         let mut map = self.lock();
         let everything = map.queue.len();
         let dropped = map.check(everything, now, &self.inner);
-        let hubs: Vec<_> = map.keys.values().map(|slot| Arc::clone(&slot.hub)).collect();
+        let hubs: Vec<_> = map
+            .keys
+            .values()
+            .map(|slot| Arc::clone(&slot.hub))
+            .collect();
         let mut stats = KeyedBroadcastStats {
             keys: map.keys.len(),
             keys_created: map.created,
@@ -460,7 +468,9 @@ impl Slot {
         if !inner.history {
             return true;
         }
-        let since = self.last_event.map_or(idle_since, |last| last.max(idle_since));
+        let since = self
+            .last_event
+            .map_or(idle_since, |last| last.max(idle_since));
         now.saturating_duration_since(since) >= inner.linger
     }
 }
@@ -659,7 +669,10 @@ mod tests {
         hub.send(&"other", "y").unwrap();
         assert_eq!(held(&hub).0, 0);
         let stats = hub.stats();
-        assert_eq!((stats.keys, stats.keys_created, stats.keys_dropped), (0, 1, 1));
+        assert_eq!(
+            (stats.keys, stats.keys_created, stats.keys_dropped),
+            (0, 1, 1)
+        );
         // Its counters stay in the totals.
         assert_eq!(stats.totals.events_sent, 1);
         assert_eq!(stats.totals.deliveries, 1);
@@ -706,7 +719,10 @@ mod tests {
         assert_eq!(hub.stats().keys, 1);
         advance(Duration::from_secs(2)).await;
         let stats = hub.stats();
-        assert_eq!((stats.keys, stats.keys_created, stats.keys_dropped), (0, 1, 1));
+        assert_eq!(
+            (stats.keys, stats.keys_created, stats.keys_dropped),
+            (0, 1, 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,7 +59,10 @@ async fn open(
         req = req.header("last-event-id", id);
     }
     let response = client.send(req).await;
-    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
     let [first, second] = timeout(BOUND, subscribed.recv()).await.unwrap().unwrap();
     assert_eq!(second, Resume::AlreadySubscribed);
     (client, read_events(response.into_body()), first)
@@ -78,7 +81,10 @@ async fn each_key_streams_its_own_events_once() {
         hub.send(&key.into(), "end").unwrap();
     }
     // Each reads its own event, once, then the marker: nothing of the other key in between.
-    assert_eq!(next_event(&mut alice_events).await, message("for alice", ""));
+    assert_eq!(
+        next_event(&mut alice_events).await,
+        message("for alice", "")
+    );
     assert_eq!(next_event(&mut alice_events).await, message("end", ""));
     assert_eq!(next_event(&mut bob_events).await, message("for bob", ""));
     assert_eq!(next_event(&mut bob_events).await, message("end", ""));
@@ -147,4 +153,15 @@ async fn a_reconnect_resumes_in_its_key_and_an_id_of_a_dropped_key_gets_the_rese
     assert_eq!(next_event(&mut events).await, message("other key", "1"));
     let stats = hub.stats();
     assert_eq!((stats.keys_created, stats.keys_dropped), (3, 1));
+}
+
+#[test]
+fn public_keyed_types_keep_their_auto_traits() {
+    fn is_send_sync_clone<T: Send + Sync + Clone>() {}
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync_clone::<KeyedBroadcast<String>>();
+    is_send_sync_clone::<KeyedBroadcast<u64>>();
+    is_send_sync_clone::<tower_eventsource::BroadcastBuilder>();
+    is_send_sync_clone::<tower_eventsource::KeyedBroadcastStats>();
+    is_send_sync::<tower_eventsource::KeyedBroadcastBuilder<String>>();
 }
