@@ -383,8 +383,8 @@ where
     }
 
     fn lock(&self) -> MutexGuard<'_, Map<K>> {
-        // The lock is never held across code that can panic in between two changes, so a
-        // poisoned lock still holds a consistent state.
+        // Under the lock only the key's own `Hash`, `Eq` or `Clone` could panic; the map then
+        // holds at worst a queue entry without its key, which the checks skip.
         self.inner
             .map
             .lock()
