@@ -132,8 +132,8 @@ pub enum Resume {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Sent {
-    id: Option<Box<str>>,
-    reached: usize,
+    pub(crate) id: Option<Box<str>>,
+    pub(crate) reached: usize,
 }
 
 impl Sent {
@@ -168,8 +168,9 @@ pub struct BroadcastStats {
     pub resets: u64,
 }
 
-/// Builds a [`Broadcast`]; from [`Broadcast::builder`].
-#[derive(Debug)]
+/// Builds a [`Broadcast`]; from [`Broadcast::builder`]. Cloning it gives the same settings,
+/// for instance to build the hub of each key of a [`KeyedBroadcast`](crate::KeyedBroadcast).
+#[derive(Clone, Debug)]
 #[must_use]
 pub struct BroadcastBuilder {
     history_events: usize,
@@ -220,13 +221,22 @@ impl BroadcastBuilder {
         Ok(self)
     }
 
+    /// Whether the hubs it builds keep a history (and so assign ids).
+    pub(crate) fn has_history(&self) -> bool {
+        self.history_events > 0
+    }
+
+    /// Makes the first assigned id greater than `floor`, so that the hub never assigns an id
+    /// that a dropped hub below `floor` assigned.
+    pub(crate) fn ids_after(mut self, floor: u64) -> Self {
+        let first = self.first_id.unwrap_or_else(now_micros);
+        self.first_id = Some(first.max(floor.saturating_add(1)));
+        self
+    }
+
     /// The hub.
     pub fn build(self) -> Broadcast {
-        let first_id = self.first_id.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |since| since.as_micros() as u64)
-        });
+        let first_id = self.first_id.unwrap_or_else(now_micros);
         static HUBS: AtomicU64 = AtomicU64::new(0);
         Broadcast {
             inner: Arc::new(Inner {
@@ -247,6 +257,12 @@ impl BroadcastBuilder {
             }),
         }
     }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |since| since.as_micros() as u64)
 }
 
 impl Broadcast {
@@ -435,6 +451,22 @@ impl Broadcast {
 
     fn has_history(&self) -> bool {
         self.inner.history_events > 0
+    }
+
+    /// Whether an open connection is subscribed; when none is, the closed ones are forgotten.
+    /// Usually answered by the first subscriber.
+    pub(crate) fn has_open_subscribers(&self) -> bool {
+        let mut state = self.lock();
+        let open = state.subscribers.iter().any(|s| !s.conn.is_closed());
+        if !open {
+            state.subscribers.clear();
+        }
+        open
+    }
+
+    /// The id the hub would assign next: every id it assigned is below it.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.lock().next_id
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -187,6 +187,8 @@
 //! [`Broadcast`] sends one event to many connections: it encodes it once, hands the same bytes
 //! to every subscriber, never waits for a slow one ([`SlowClient`]), and with a history replays
 //! exactly what a reconnecting browser missed, or sends a reset event when it cannot.
+//! [`KeyedBroadcast`] keeps one such hub per key (a user, a room, a topic), creating each on
+//! first use and dropping it when it is no longer wanted.
 //!
 //! # Shutdown
 //!
@@ -266,6 +268,7 @@ mod connection;
 mod error;
 mod event;
 mod event_source;
+mod keyed;
 mod service;
 mod shutdown;
 
@@ -275,6 +278,7 @@ pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
 pub use event_source::EventSource;
+pub use keyed::{KeyedBroadcast, KeyedBroadcastBuilder, KeyedBroadcastStats};
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 
