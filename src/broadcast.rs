@@ -9,10 +9,7 @@ use bytes::Bytes;
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -67,8 +64,9 @@ pub struct Broadcast {
 }
 
 struct Inner {
-    /// Tells hubs apart, so that a connection subscribed twice to one hub is noticed.
-    id: u64,
+    /// Tells hubs apart, so that a connection subscribed twice to one hub is noticed:
+    /// connections keep a weak reference to it.
+    token: Arc<()>,
     state: Mutex<State>,
     history_events: usize,
     history_bytes: usize,
@@ -237,10 +235,9 @@ impl BroadcastBuilder {
     /// The hub.
     pub fn build(self) -> Broadcast {
         let first_id = self.first_id.unwrap_or_else(now_micros);
-        static HUBS: AtomicU64 = AtomicU64::new(0);
         Broadcast {
             inner: Arc::new(Inner {
-                id: HUBS.fetch_add(1, Ordering::Relaxed),
+                token: Arc::new(()),
                 state: Mutex::new(State {
                     subscribers: Vec::new(),
                     prune_at: 64,
@@ -305,7 +302,7 @@ impl Broadcast {
     /// it was resuming from something the hub cannot find.
     pub fn subscribe_from(&self, conn: &Connection, cursor: Option<&str>) -> Resume {
         let mut state = self.lock();
-        if conn.is_in_hub(self.inner.id) {
+        if conn.is_in_hub(&self.inner.token) {
             return Resume::AlreadySubscribed;
         }
         let unusable = conn.has_unusable_last_event_id();
@@ -344,7 +341,7 @@ impl Broadcast {
             state.subscribers.retain(|s| !s.conn.is_closed());
             state.prune_at = (state.subscribers.len() * 2).max(64);
         }
-        conn.join_hub(self.inner.id);
+        conn.join_hub(&self.inner.token);
         state.subscribers.push(Subscriber { conn: conn.clone() });
         resume
     }
@@ -933,5 +930,18 @@ mod tests {
         assert_eq!(lengths.iter().max(), Some(&200));
         assert_eq!(lengths.iter().min(), Some(&101));
         assert_eq!(lengths.iter().filter(|&&len| len == 101).count(), 11);
+    }
+
+    #[test]
+    fn a_connection_forgets_the_hubs_that_are_gone() {
+        let (conn, _body) = client(4, None);
+        for _ in 0..1000 {
+            let hub = Broadcast::new();
+            assert_eq!(hub.subscribe(&conn), Resume::Live);
+        }
+        assert!(conn.hubs_joined() <= 16, "{}", conn.hubs_joined());
+        let kept = Broadcast::new();
+        kept.subscribe(&conn);
+        assert_eq!(kept.subscribe(&conn), Resume::AlreadySubscribed);
     }
 }

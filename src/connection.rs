@@ -6,7 +6,7 @@ use http::HeaderMap;
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, Weak},
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -97,8 +97,9 @@ struct State {
     body: Option<Waker>,
     /// When a push first found the buffer full since the body last took from it.
     full_since: Option<Instant>,
-    /// The hubs this connection is subscribed to, so that subscribing twice is noticed.
-    hubs: Vec<u64>,
+    /// The hubs this connection is subscribed to, so that subscribing twice is noticed; those
+    /// that are gone are pruned as the list grows.
+    hubs: Vec<Weak<()>>,
 }
 
 struct Queued {
@@ -348,13 +349,29 @@ impl Connection {
     }
 
     /// Whether hub `hub` has subscribed this connection.
-    pub(crate) fn is_in_hub(&self, hub: u64) -> bool {
-        self.shared.lock().hubs.contains(&hub)
+    pub(crate) fn is_in_hub(&self, hub: &Arc<()>) -> bool {
+        let hub = Arc::downgrade(hub);
+        self.shared
+            .lock()
+            .hubs
+            .iter()
+            .any(|joined| joined.ptr_eq(&hub))
+    }
+
+    /// How many hubs the connection remembers joining.
+    #[cfg(test)]
+    pub(crate) fn hubs_joined(&self) -> usize {
+        self.shared.lock().hubs.len()
     }
 
     /// Records that hub `hub` subscribed this connection.
-    pub(crate) fn join_hub(&self, hub: u64) {
-        self.shared.lock().hubs.push(hub);
+    pub(crate) fn join_hub(&self, hub: &Arc<()>) {
+        let mut state = self.shared.lock();
+        let hubs = &mut state.hubs;
+        if hubs.len() >= 8 && hubs.len().is_power_of_two() {
+            hubs.retain(|joined| joined.strong_count() > 0);
+        }
+        hubs.push(Arc::downgrade(hub));
     }
 }
 
