@@ -25,19 +25,15 @@ use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader, Lines},
-    process::ChildStdout,
-    time::{sleep, timeout},
-};
+use tokio::time::{sleep, timeout};
 
-type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+mod common;
+
+use common::example::{build, Result, Running as Server, BUILD};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Bound on building the example (a fresh checkout compiles it here).
-const BUILD: Duration = Duration::from_secs(300);
 /// Bound on everything after the build.
 const WHOLE_TEST: Duration = Duration::from_secs(60);
 /// Bound on any one thing the test waits for: a process to start, the page to show something.
@@ -55,7 +51,7 @@ async fn chat_page_follows_the_stream_across_drops_restarts_and_stop() {
              chromium-driver"
         );
     }
-    let chat = match timeout(BUILD, build_chat()).await {
+    let chat = match timeout(BUILD, build("chat")).await {
         Ok(Ok(chat)) => chat,
         Ok(Err(error)) => panic!("building the chat example: {error}"),
         Err(_) => panic!("building the chat example took longer than {BUILD:?}"),
@@ -68,7 +64,7 @@ async fn chat_page_follows_the_stream_across_drops_restarts_and_stop() {
 }
 
 async fn run(chat: &Path) -> Result<()> {
-    let server = Server::start(chat, 0).await?;
+    let server = Server::start(chat, 0, &[]).await?;
     let browser = Browser::start().await?;
     let result = checks(&browser.client, server, chat).await;
     // Ends the browser cleanly; on timeout or panic the guards kill the processes instead.
@@ -164,7 +160,7 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
     // (3) A restarted server does not know the browser's Last-Event-ID: it sends `reset`, and
     // the page replaces its list with the new server's messages.
     server.kill().await;
-    let server = Server::start(chat, port).await?;
+    let server = Server::start(chat, port, &[]).await?;
     http.post_message("after the restart").await?;
     wait_page(
         page,
@@ -258,70 +254,6 @@ async fn wait_page(page: &Client, what: &str, done: impl Fn(&Page) -> bool) -> R
             return Err(format!("timed out waiting for {what}; the page shows {seen:?}").into());
         }
         sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Builds the example with the cargo running this test and returns the executable's path.
-async fn build_chat() -> Result<PathBuf> {
-    let output = tokio::process::Command::new(env!("CARGO"))
-        .args(["build", "--example", "chat", "--message-format=json"])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    if !output.status.success() {
-        return Err(format!("cargo build --example chat failed: {}", output.status).into());
-    }
-    String::from_utf8(output.stdout)?
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|message| {
-            message["reason"] == "compiler-artifact"
-                && message["target"]["name"] == "chat"
-                && message["executable"].is_string()
-        })
-        .and_then(|message| message["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo did not report the chat executable".into())
-}
-
-/// The chat example, running; killed when dropped.
-struct Server {
-    child: tokio::process::Child,
-    port: u16,
-    /// Kept open so the server never writes to a closed pipe.
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Server {
-    /// Starts the example on `port` (0 for any) and reads the port it prints.
-    async fn start(chat: &Path, port: u16) -> Result<Server> {
-        let mut child = tokio::process::Command::new(chat)
-            .args(["--port", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        let line = timeout(WAIT, stdout.next_line())
-            .await
-            .map_err(|_| "the chat example printed nothing")??
-            .ok_or("the chat example exited before listening")?;
-        let port = line
-            .strip_prefix("listening on http://127.0.0.1:")
-            .and_then(|port| port.parse().ok())
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
-        Ok(Server {
-            child,
-            port,
-            _stdout: stdout,
-        })
-    }
-
-    /// Kills the server and waits until it has exited, so its port is free.
-    async fn kill(mut self) {
-        let _ = self.child.kill().await;
     }
 }
 

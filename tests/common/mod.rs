@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod example;
+
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
