@@ -1,6 +1,7 @@
 //! Load benchmark of tower-eventsource against axum's `Sse` and a raw hyper body, over real
-//! sockets on 127.0.0.1. Run with `cargo run --release --example bench -- [--quick]`;
-//! BENCHMARKS.md describes the scenarios and holds the results.
+//! sockets on 127.0.0.1. Run with `cargo bench --bench load -- [--quick]`; BENCHMARKS.md
+//! describes the scenarios and holds the results. `cargo bench` passes `--bench`; without it
+//! (as under `cargo test`) the binary only says how to run it and exits.
 //!
 //! Each run starts the server variant as a child process of this binary (`--serve VARIANT`),
 //! pinned to the second CPU, with a current-thread tokio runtime and hyper's HTTP/1 server with
@@ -138,6 +139,10 @@ fn main() -> Result<()> {
             pin_to_cpu(cpu.parse()?);
         }
         return runtime()?.block_on(serve(variant, events));
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        println!("load benchmark: not run; run it with `cargo bench --bench load -- [OPTIONS]`");
+        return Ok(());
     }
     let mut plan = if args.iter().any(|a| a == "--smoke") {
         Plan::smoke()
