@@ -6,6 +6,7 @@ use crate::{
     EncodeError, Event,
 };
 use bytes::Bytes;
+use futures_core::Stream;
 use std::{
     collections::VecDeque,
     fmt,
@@ -502,6 +503,57 @@ impl fmt::Debug for Broadcast {
             .field("slow_client", &self.inner.slow_client)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// Feeding a hub from a stream.
+impl Broadcast {
+    /// Sends every item of `stream` to the subscribers, in order, as [`send`](Self::send)
+    /// does, until the stream ends.
+    ///
+    /// The way to serve one source of events (a tokio `broadcast` or `mpsc` receiver, a
+    /// database's change feed) to many clients: one task reads the source, and each event is
+    /// encoded once and handed to every subscriber's buffer, waking only the clients'
+    /// connections. A handler per client that [forwards](Connection::forward) its own receiver
+    /// instead encodes every event once per client and wakes its own task for each; keep that
+    /// for streams that differ per client. Like `send`, it never waits for a slow client.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tokio_stream::wrappers::ReceiverStream;
+    /// use tower_eventsource::{Broadcast, Connection, EventSourceService};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    /// let hub = Broadcast::new();
+    /// tokio::spawn({
+    ///     let hub = hub.clone();
+    ///     async move { hub.forward(ReceiverStream::new(rx)).await }
+    /// });
+    /// let events = EventSourceService::new(move |conn: Connection, _req: Request<()>| {
+    ///     hub.subscribe(&conn);
+    ///     async {}
+    /// });
+    /// // elsewhere: tx.send("news".to_string()).await;
+    /// # drop((events, tx));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first item `send` refuses (see its errors): nothing of it is sent, and the rest of
+    /// `stream` is left unread. `Ok(())` once `stream` has ended.
+    pub async fn forward<S>(&self, stream: S) -> Result<(), EncodeError>
+    where
+        S: Stream,
+        S::Item: Into<Event>,
+    {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+            self.send(item)?;
+        }
+        Ok(())
     }
 }
 

@@ -2,10 +2,13 @@
 
 use crate::{error::TryPushError, event::MAX_ID_LEN, Event, PushError};
 use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
 use http::HeaderMap;
 use std::{
     collections::VecDeque,
     fmt,
+    future::{poll_fn, Future},
+    pin::pin,
     sync::{Arc, Mutex, MutexGuard, Weak},
     task::{Context, Poll, Waker},
     time::Duration,
@@ -189,8 +192,82 @@ impl Connection {
         event.validate()?;
         match self.send(event.finish()).await {
             Ok(()) => Ok(()),
-            Err(_) if self.shared.lock().closed_here => Err(PushError::Closed),
-            Err(_) => Err(PushError::Disconnected),
+            Err(_) => Err(self.why_ended()),
+        }
+    }
+
+    /// Pushes every item of `stream`, in order, until the stream ends or this one does.
+    ///
+    /// The items are anything that converts into an [`Event`], as for [`push`](Self::push).
+    /// Backpressure is the same as `push`'s: while the buffer is full, the next item is not
+    /// taken from `stream`. While `stream` has nothing to give, the client leaving (or the
+    /// stream being closed) still ends `forward` at once.
+    ///
+    /// Cancel-safe as `push` is: an item is taken from `stream` only once the buffer has room,
+    /// so dropping the future while it waits loses no item (unless another handle of this
+    /// connection filled the buffer in between: the item taken then waits, and is dropped with
+    /// the future). Pass `&mut stream` to keep the rest of a stream after `forward` returns.
+    ///
+    /// Each client's `forward` reads its own stream in the handler's task. To send the same
+    /// events to many clients, feed them into one [`Broadcast`](crate::Broadcast) instead,
+    /// which encodes each event once for all of them and wakes no task per client besides
+    /// the client's own connection (see [`Broadcast::forward`](crate::Broadcast::forward)).
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tokio::sync::broadcast;
+    /// use tokio_stream::{wrappers::BroadcastStream, StreamExt};
+    /// use tower_eventsource::{Connection, EventSourceService};
+    ///
+    /// let (tx, _) = broadcast::channel::<String>(64);
+    /// let events = EventSourceService::new({
+    ///     let tx = tx.clone();
+    ///     move |conn: Connection, _req: Request<()>| {
+    ///         // A receiver that lagged behind skips what it missed (`filter_map(Result::ok)`).
+    ///         let news = BroadcastStream::new(tx.subscribe()).filter_map(Result::ok);
+    ///         async move { conn.forward(news).await }
+    ///     }
+    /// });
+    /// // elsewhere: tx.send("news".to_string());
+    /// # drop(events);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Disconnected`] once the client has gone and [`PushError::Closed`] once
+    /// this side has closed the stream, whether `forward` was waiting for room or for the next
+    /// item; [`PushError::Invalid`] for an item that cannot be encoded: nothing of it is sent,
+    /// and `forward` stops there, leaving the rest of `stream` unread. `Ok(())` when `stream`
+    /// has ended and every item was queued.
+    pub async fn forward<S>(&self, stream: S) -> Result<(), PushError>
+    where
+        S: Stream,
+        S::Item: Into<Event>,
+    {
+        let mut stream = pin!(stream);
+        let mut closed = pin!(self.closed());
+        loop {
+            if self.wait_for_room().await.is_err() {
+                return Err(self.why_ended());
+            }
+            let next = poll_fn(|cx| match stream.as_mut().poll_next(cx) {
+                Poll::Ready(item) => Poll::Ready(Some(item)),
+                Poll::Pending => closed.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match next {
+                Some(Some(item)) => self.push(item).await?,
+                Some(None) => return Ok(()),
+                None => return Err(self.why_ended()),
+            }
+        }
+    }
+
+    /// Why pushes fail on a stream that has ended.
+    fn why_ended(&self) -> PushError {
+        match self.shared.lock().closed_here {
+            true => PushError::Closed,
+            false => PushError::Disconnected,
         }
     }
 
@@ -263,19 +340,43 @@ impl Connection {
     }
 
     /// Queues an encoded frame, waiting while the buffer is full.
-    pub(crate) async fn send(&self, mut frame: Bytes) -> Result<(), Refused> {
+    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), Refused> {
+        let mut frame = Some(frame);
+        self.when_not_full(|| match frame.take() {
+            Some(bytes) => match self.try_send(bytes) {
+                Err((Refused::Full, bytes)) => {
+                    frame = Some(bytes);
+                    Err(Refused::Full)
+                }
+                other => other.map_err(|(refused, _)| refused),
+            },
+            None => Err(Refused::Ended),
+        })
+        .await
+    }
+
+    /// Waits until the buffer has room for one more event, or the stream has ended.
+    async fn wait_for_room(&self) -> Result<(), Refused> {
+        self.when_not_full(|| self.room().map(drop)).await
+    }
+
+    /// Runs `attempt` until it does not find the buffer full, waiting for room in between.
+    async fn when_not_full(
+        &self,
+        mut attempt: impl FnMut() -> Result<(), Refused>,
+    ) -> Result<(), Refused> {
         loop {
-            frame = match self.try_send(frame) {
-                Err((Refused::Full, frame)) => frame,
-                other => return other.map_err(|(refused, _)| refused),
-            };
+            match attempt() {
+                Err(Refused::Full) => {}
+                other => return other,
+            }
             let room = self.shared.changed.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            frame = match self.try_send(frame) {
-                Err((Refused::Full, frame)) => frame,
-                other => return other.map_err(|(refused, _)| refused),
-            };
+            match attempt() {
+                Err(Refused::Full) => {}
+                other => return other,
+            }
             match (self.shared.stall_deadline(), &self.shared.runtime) {
                 // Wake up at the deadline to end the stalled stream. The timer comes from the
                 // stream's runtime, so a push from any thread or executor can wait.
@@ -296,33 +397,39 @@ impl Connection {
     }
 
     /// Queues `item`, encoded by `encode` once it is known to fit, or hands it back.
-    ///
-    /// A full buffer that the body has not taken from for the send timeout ends the stream.
     fn offer<T>(&self, item: T, encode: impl FnOnce(T) -> Bytes) -> Result<(), (Refused, T)> {
+        let mut state = match self.room() {
+            Ok(state) => state,
+            Err(refused) => return Err((refused, item)),
+        };
+        state.queue.push_back(Queued {
+            frame: encode(item),
+            counted: true,
+        });
+        state.counted += 1;
+        // The body waits only on an empty queue: later pushes need not wake it again.
+        if state.queue.len() == 1 {
+            if let Some(body) = &state.body {
+                body.wake_by_ref();
+            }
+        }
+        Ok(())
+    }
+
+    /// The locked state if the buffer has room for one more event. A full buffer that the
+    /// body has not taken from for the send timeout ends the stream.
+    fn room(&self) -> Result<MutexGuard<'_, State>, Refused> {
         let mut state = self.shared.lock();
         let phase = state.phase;
         match phase {
-            Phase::Open if state.counted < self.shared.limits.buffer => {
-                state.queue.push_back(Queued {
-                    frame: encode(item),
-                    counted: true,
-                });
-                state.counted += 1;
-                // The body waits only on an empty queue: later pushes need not wake it again.
-                if state.queue.len() == 1 {
-                    if let Some(body) = &state.body {
-                        body.wake_by_ref();
-                    }
-                }
-                Ok(())
-            }
-            Phase::Open if !self.shared.stalled(&mut state) => Err((Refused::Full, item)),
+            Phase::Open if state.counted < self.shared.limits.buffer => Ok(state),
+            Phase::Open if !self.shared.stalled(&mut state) => Err(Refused::Full),
             Phase::Open => {
                 drop(state);
                 self.shared.end(Phase::Gone);
-                Err((Refused::Ended, item))
+                Err(Refused::Ended)
             }
-            Phase::Closing | Phase::Gone => Err((Refused::Ended, item)),
+            Phase::Closing | Phase::Gone => Err(Refused::Ended),
         }
     }
 

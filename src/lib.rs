@@ -158,6 +158,10 @@
 //! }
 //! ```
 //!
+//! [`Connection::forward`] does this for any `Stream` (a channel's receiver, a database's
+//! change feed). To serve one stream to many clients, feed it into a [`Broadcast`] with
+//! [`Broadcast::forward`] instead: each event is then encoded once for every subscriber.
+//!
 //! The stream ends normally after [`Connection::close`] (once what was queued is sent), or when
 //! every clone of the connection is dropped, for example when the handler returns.
 //!

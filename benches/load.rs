@@ -1,6 +1,7 @@
 //! Load benchmark of tower-eventsource against axum's `Sse` and a raw hyper body, over real
-//! sockets on 127.0.0.1. Run with `cargo run --release --example bench -- [--quick]`;
-//! BENCHMARKS.md describes the scenarios and holds the results.
+//! sockets on 127.0.0.1. Run with `cargo bench --bench load -- [--quick]`; BENCHMARKS.md
+//! describes the scenarios and holds the results. `cargo bench` passes `--bench`; without it
+//! (as under `cargo test`) the binary only says how to run it and exits.
 //!
 //! Each run starts the server variant as a child process of this binary (`--serve VARIANT`),
 //! pinned to the second CPU, with a current-thread tokio runtime and hyper's HTTP/1 server with
@@ -25,10 +26,15 @@
 //!    yielding to the scheduler between events; deliveries per second from the first broadcast
 //!    to the last receipt, and the clients' completion times;
 //! 3. idle: 10,000 open streams with nothing to send; the server's resident memory per stream;
-//! 4. latency: 1,000 clients, 100 events per second for 3 seconds; push-to-receive time.
+//! 4. latency: 1,000 clients, 100 events per second for 3 seconds; push-to-receive time;
+//! 5. the user's own stream: as fan-out, but the events go into a tokio `broadcast` channel of
+//!    the user's, and reach the clients through axum's `Sse` over each client's
+//!    `BroadcastStream`, our per-client `Connection::forward` of the same, or one
+//!    `Broadcast::forward` of one receiver into a hub that the clients subscribe to.
 //!
 //! Other options: `--smoke` (small counts, once: checks that everything works), `--only
-//! throughput|fan-out|idle|latency`, `--variant NAME`, `--repeats N`, `--events N` (throughput).
+//! throughput|fan-out|idle|latency|stream`, `--variant NAME`, `--repeats N`, `--events N`
+//! (throughput).
 
 use axum::{
     response::{sse, Sse},
@@ -63,7 +69,8 @@ use tokio::{
     sync::{broadcast, mpsc, watch, Semaphore},
     time::timeout,
 };
-use tower_eventsource::{Broadcast, Connection, EventSourceService};
+use tokio_stream::{wrappers::BroadcastStream, StreamExt as _};
+use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -117,6 +124,32 @@ impl Variant {
 
 const COMPARED: [Variant; 3] = [Variant::Ours, Variant::Axum, Variant::Raw];
 
+/// How the user's own channel reaches the clients, in scenario 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// Each client's handler reads its own receiver: `Connection::forward` for ours,
+    /// `Sse::new` over a `BroadcastStream` for axum.
+    PerClient,
+    /// One task reads one receiver into a `Broadcast` (`Broadcast::forward`) that every client
+    /// subscribes to; ours only.
+    Hub,
+}
+
+impl Feed {
+    fn name(self) -> &'static str {
+        match self {
+            Feed::PerClient => "per-client",
+            Feed::Hub => "hub",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Feed::PerClient, Feed::Hub]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
 fn main() -> Result<()> {
     raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -129,6 +162,9 @@ fn main() -> Result<()> {
     if let Some(variant) = arg("--serve") {
         let variant = Variant::parse(variant).ok_or("unknown variant")?;
         let events = arg("--events").map(str::parse).transpose()?;
+        let feed = arg("--feed")
+            .map(|feed| Feed::parse(feed).ok_or("unknown feed"))
+            .transpose()?;
         std::thread::spawn(|| {
             std::thread::sleep(CHILD_LIFETIME);
             eprintln!("server child: lifetime over, exiting");
@@ -137,7 +173,11 @@ fn main() -> Result<()> {
         if let Some(cpu) = arg("--cpu") {
             pin_to_cpu(cpu.parse()?);
         }
-        return runtime()?.block_on(serve(variant, events));
+        return runtime()?.block_on(serve(variant, events, feed));
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        println!("load benchmark: not run; run it with `cargo bench --bench load -- [OPTIONS]`");
+        return Ok(());
     }
     let mut plan = if args.iter().any(|a| a == "--smoke") {
         Plan::smoke()
@@ -241,10 +281,15 @@ impl Plan {
 // ---------------------------------------------------------------------------------------------
 
 /// Serves one variant until standard input closes. With `events`, every request gets a stream
-/// of that many events pushed as fast as it takes them; without, every request subscribes to a
-/// hub that the parent drives through standard input.
-async fn serve(variant: Variant, events: Option<u64>) -> Result<()> {
+/// of that many events pushed as fast as it takes them; with `feed`, the events the parent
+/// asks for go into a tokio broadcast channel that reaches the clients that way; otherwise
+/// every request subscribes to a hub that the parent drives through standard input.
+async fn serve(variant: Variant, events: Option<u64>, feed: Option<Feed>) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
+    if let Some(feed) = feed {
+        let hub = serve_stream(variant, feed, listener)?;
+        return control(hub).await;
+    }
     let hub = Hub::new(variant);
     match (variant, events) {
         (Variant::Ours, Some(n)) => {
@@ -300,6 +345,62 @@ async fn serve(variant: Variant, events: Option<u64>) -> Result<()> {
     control(hub).await
 }
 
+/// Scenario 5: serves the user's own channel with `feed`; the returned hub sends into it.
+fn serve_stream(variant: Variant, feed: Feed, listener: TcpListener) -> Result<Hub> {
+    let addr = listener.local_addr()?;
+    let (source, _) = broadcast::channel::<Arc<str>>(HUB_BUFFER);
+    let mut fed = None;
+    match (variant, feed) {
+        (Variant::Axum, Feed::PerClient) => {
+            let source = source.clone();
+            let router = Router::new().route(
+                "/",
+                get(move || {
+                    let events = BroadcastStream::new(source.subscribe()).filter_map(|data| {
+                        let data: Arc<str> = data.ok()?;
+                        Some(Ok::<_, Infallible>(sse::Event::default().data(&*data)))
+                    });
+                    async move { Sse::new(events) }
+                }),
+            );
+            tokio::spawn(accept(addr, listener, TowerToHyperService::new(router)));
+        }
+        (Variant::Ours, Feed::PerClient) => {
+            let source = source.clone();
+            let service = EventSourceService::new(move |conn: Connection, _: Request<Incoming>| {
+                let events = BroadcastStream::new(source.subscribe())
+                    .filter_map(|data| data.ok().map(|data: Arc<str>| Event::from(&*data)));
+                async move {
+                    let _ = conn.forward(events).await;
+                }
+            })
+            .buffer(HUB_BUFFER);
+            tokio::spawn(accept(addr, listener, TowerToHyperService::new(service)));
+        }
+        (Variant::Ours, Feed::Hub) => {
+            let hub = Broadcast::new();
+            let events = BroadcastStream::new(source.subscribe())
+                .filter_map(|data| data.ok().map(|data: Arc<str>| Event::from(&*data)));
+            tokio::spawn({
+                let hub = hub.clone();
+                async move { hub.forward(events).await }
+            });
+            let service = EventSourceService::new({
+                let hub = hub.clone();
+                move |conn: Connection, _: Request<Incoming>| {
+                    hub.subscribe(&conn);
+                    async {}
+                }
+            })
+            .buffer(HUB_BUFFER);
+            tokio::spawn(accept(addr, listener, TowerToHyperService::new(service)));
+            fed = Some(hub);
+        }
+        _ => return Err(format!("no {} feed for {}", feed.name(), variant.name()).into()),
+    }
+    Ok(Hub::Stream { source, fed })
+}
+
 async fn push_loop(conn: Connection, events: u64) {
     for _ in 0..events {
         if conn.push(DATA_32).await.is_err() {
@@ -346,6 +447,11 @@ enum Hub {
     Axum(broadcast::Sender<Arc<str>>),
     Raw(Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>),
     Baseline(Arc<AtomicUsize>),
+    /// The user's own channel (scenario 5), and the hub it feeds, if any.
+    Stream {
+        source: broadcast::Sender<Arc<str>>,
+        fed: Option<Broadcast>,
+    },
 }
 
 impl Hub {
@@ -389,6 +495,7 @@ impl Hub {
                 });
                 tokio::spawn(accept(addr, listener, service));
             }
+            Hub::Stream { .. } => return Err("serve_stream serves the user's stream".into()),
             Hub::Baseline(count) => {
                 let service = hyper::service::service_fn(move |_: Request<Incoming>| {
                     count.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +513,8 @@ impl Hub {
             Hub::Axum(tx) => tx.receiver_count(),
             Hub::Raw(senders) => senders.lock().expect("not poisoned").len(),
             Hub::Baseline(count) => count.load(Ordering::Relaxed),
+            Hub::Stream { fed: Some(hub), .. } => hub.stats().subscribers,
+            Hub::Stream { source, fed: None } => source.receiver_count(),
         }
     }
 
@@ -427,6 +536,9 @@ impl Hub {
                 });
             }
             Hub::Baseline(_) => {}
+            Hub::Stream { source, .. } => {
+                let _ = source.send(Arc::from(data));
+            }
         }
     }
 }
@@ -555,9 +667,17 @@ struct Server {
 }
 
 impl Server {
-    async fn start(variant: Variant, events: Option<u64>, cpu: Option<usize>) -> Result<Self> {
+    async fn start(
+        variant: Variant,
+        events: Option<u64>,
+        feed: Option<Feed>,
+        cpu: Option<usize>,
+    ) -> Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command.args(["--serve", variant.name()]);
+        if let Some(feed) = feed {
+            command.args(["--feed", feed.name()]);
+        }
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);
         }
@@ -740,7 +860,7 @@ async fn run(plan: Plan) -> Result<()> {
         }
         for clients in plan.fan_out_clients.into_iter().filter(|_| runs("fan-out")) {
             for &variant in &compared {
-                let fan = fan_out(variant, clients, &plan).await?;
+                let fan = fan_out(variant, clients, None, &plan).await?;
                 eprintln!(
                     "  fan-out {clients:>6} {:18} {:>10.0} deliveries/s  p50 {:>7.1} ms  p99 {:>7.1} ms  \
                      CPU server {:>3.0}% client {:>3.0}%",
@@ -795,8 +915,56 @@ async fn run(plan: Plan) -> Result<()> {
             results.add(&scenario, "server CPU %", variant, run.cpu.0);
             results.add(&scenario, "client CPU %", variant, run.cpu.1);
         }
+        let stream_runs = [
+            (Variant::Axum, Feed::PerClient),
+            (Variant::Ours, Feed::PerClient),
+            (Variant::Ours, Feed::Hub),
+        ];
+        for clients in plan.fan_out_clients.into_iter().filter(|_| runs("stream")) {
+            let mut axum = None;
+            for (variant, feed) in stream_runs
+                .into_iter()
+                .filter(|(v, _)| plan.variant.is_none_or(|only| only == *v))
+            {
+                let fan = fan_out(variant, clients, Some(feed), &plan).await?;
+                eprintln!(
+                    "  stream {clients:>6} {:18} {:10} {:>10.0} deliveries/s  p50 {:>7.1} ms  \
+                     p99 {:>7.1} ms  CPU server {:>3.0}% client {:>3.0}%",
+                    variant.name(),
+                    feed.name(),
+                    fan.deliveries_per_s,
+                    fan.p50_ms,
+                    fan.p99_ms,
+                    fan.cpu.0,
+                    fan.cpu.1
+                );
+                if variant == Variant::Axum {
+                    axum = Some(fan);
+                    continue;
+                }
+                let how = match feed {
+                    Feed::PerClient => "ours: Connection::forward per client",
+                    Feed::Hub => "ours: Broadcast::forward into a hub",
+                };
+                let scenario = format!(
+                    "5. user's tokio broadcast, {clients} clients x {} events, {how}",
+                    plan.fan_out_events
+                );
+                // axum's figures from this repeat stand beside each of ours.
+                for (variant, fan) in [(Variant::Ours, Some(&fan)), (Variant::Axum, axum.as_ref())]
+                {
+                    let Some(fan) = fan else { continue };
+                    results.add(&scenario, "deliveries/s", variant, fan.deliveries_per_s);
+                    results.add(&scenario, "completion p50 ms", variant, fan.p50_ms);
+                    results.add(&scenario, "completion p99 ms", variant, fan.p99_ms);
+                    results.add(&scenario, "server CPU %", variant, fan.cpu.0);
+                    results.add(&scenario, "client CPU %", variant, fan.cpu.1);
+                }
+            }
+        }
     }
     println!("{}", results.table());
+    println!("{}", results.spread());
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -821,7 +989,7 @@ enum Reader {
 /// Scenario 1: events per second and megabytes per second on one connection.
 async fn throughput(variant: Variant, reader: Reader, plan: &Plan) -> Result<Throughput> {
     let events = plan.throughput_events;
-    let server = Server::start(variant, Some(events), plan.server_cpu).await?;
+    let server = Server::start(variant, Some(events), None, plan.server_cpu).await?;
     let outcome = timeout(Duration::from_secs(120), async {
         let meter = CpuMeter::start(&server);
         let seconds = match reader {
@@ -958,9 +1126,15 @@ where
 }
 
 /// Scenario 2: deliveries per second and the spread of completion times.
-async fn fan_out(variant: Variant, clients: usize, plan: &Plan) -> Result<FanOut> {
+/// With `feed`, through the user's own channel (scenario 5).
+async fn fan_out(
+    variant: Variant,
+    clients: usize,
+    feed: Option<Feed>,
+    plan: &Plan,
+) -> Result<FanOut> {
     let events = plan.fan_out_events;
-    let mut server = Server::start(variant, None, plan.server_cpu).await?;
+    let mut server = Server::start(variant, None, feed, plan.server_cpu).await?;
     let (release, _) = watch::channel(false);
     let outcome = async {
         let mut reports = open_all(
@@ -1017,7 +1191,7 @@ async fn fan_out(variant: Variant, clients: usize, plan: &Plan) -> Result<FanOut
 /// Scenario 3: the server's resident memory per open, idle stream.
 async fn idle(variant: Variant, plan: &Plan) -> Result<f64> {
     let streams = plan.idle_streams;
-    let mut server = Server::start(variant, None, plan.server_cpu).await?;
+    let mut server = Server::start(variant, None, None, plan.server_cpu).await?;
     let (release, _) = watch::channel(false);
     let outcome = async {
         let before = rss(&mut server).await?;
@@ -1053,7 +1227,7 @@ struct Latency {
 }
 
 async fn latency(variant: Variant, plan: &Plan) -> Result<Latency> {
-    let mut server = Server::start(variant, None, plan.server_cpu).await?;
+    let mut server = Server::start(variant, None, None, plan.server_cpu).await?;
     let (release, _) = watch::channel(false);
     let clients = plan.latency_clients;
     let events = plan.latency_events;
@@ -1171,6 +1345,29 @@ impl Results {
                     out,
                     "\nlibrary-added bytes per idle stream (tower-eventsource minus hyper-baseline): {:.0}",
                     ours - baseline
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Results {
+    /// Every repeat's value of each rate, lowest to highest, by variant.
+    fn spread(&self) -> String {
+        let mut out = String::from("spread across repeats (lowest to highest):\n");
+        for key in self.order.iter().filter(|key| key.1.ends_with("/s")) {
+            for (variant, values) in &self.values[key] {
+                let mut sorted = values.clone();
+                sorted.sort_by(f64::total_cmp);
+                let all: Vec<String> = sorted.into_iter().map(format_value).collect();
+                let _ = writeln!(
+                    out,
+                    "  {} | {} | {}: {}",
+                    key.0,
+                    key.1,
+                    variant.name(),
+                    all.join(", ")
                 );
             }
         }
