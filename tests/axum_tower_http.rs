@@ -5,24 +5,15 @@
 mod common;
 
 use axum::{body::Body, routing::get, Router};
-use common::{handover, message, next_connection, next_event, read_events, Client, Proto, BOUND};
+use common::{
+    handover, message, next_connection, next_event, read_events, serve_axum, Client, Proto, BOUND,
+};
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
-use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use tokio::{sync::mpsc, time::timeout};
 use tower_http::{compression::CompressionLayer, cors::CorsLayer};
 
 const ORIGIN: &str = "https://app.example";
-
-/// Serves `app` with `axum::serve` on 127.0.0.1; the server stops with the test's runtime.
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
 
 fn cors() -> CorsLayer {
     CorsLayer::new()
@@ -42,7 +33,7 @@ async fn cors_preflight_allows_last_event_id() {
     let app = Router::new()
         .route_service("/events", service)
         .layer(cors());
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
 
     let preflight = client
@@ -81,7 +72,7 @@ async fn cors_get_with_origin_streams_with_the_cors_headers() {
     let app = Router::new()
         .route_service("/events", service)
         .layer(cors());
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
 
     let get = client
@@ -114,7 +105,7 @@ async fn compression_leaves_the_stream_alone_and_unbuffered() {
         // A control route: the same layer does compress an ordinary text response.
         .route("/text", get(|| async { "compress me ".repeat(200) }))
         .layer(CompressionLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
 
     let text = client

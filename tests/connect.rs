@@ -13,26 +13,18 @@ use axum::{
     routing::get,
     Router,
 };
-use common::{assert_ends, next_data_frame, next_event, read_events, Client, Proto, BOUND};
+use common::{
+    assert_ends, next_data_frame, next_event, read_events, serve_axum, Client, Proto, BOUND,
+};
 use futures_util::FutureExt;
 use http::{header, Method, Request, StatusCode};
-use std::{net::SocketAddr, time::Duration};
-use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use std::time::Duration;
+use tokio::{sync::mpsc, time::timeout};
 use tower::ServiceExt;
 use tower_eventsource::{
     Broadcast, Connection, Event, EventSource, EventSourceService, PushError, Shutdown,
     TryPushError,
 };
-
-/// Serves `app` with `axum::serve` on 127.0.0.1; the server stops with the test's runtime.
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
 
 #[derive(Clone)]
 struct App {
@@ -88,7 +80,7 @@ fn app(source: EventSource) -> Router {
 
 #[tokio::test]
 async fn a_handler_with_extractors_streams_through_connect() {
-    let addr = serve(app(EventSource::new())).await;
+    let addr = serve_axum(app(EventSource::new())).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
     let req = client
         .request(Method::GET, "/rooms/lobby/events")
@@ -117,7 +109,7 @@ async fn a_handler_with_extractors_streams_through_connect() {
 
 #[tokio::test]
 async fn a_handler_refuses_with_401_and_www_authenticate_before_connect() {
-    let addr = serve(app(EventSource::new())).await;
+    let addr = serve_axum(app(EventSource::new())).await;
     for token in [None, Some("Bearer wrong")] {
         let mut client = Client::connect(addr, Proto::Http1).await;
         let mut req = client.request(Method::GET, "/rooms/lobby/events");
@@ -142,7 +134,7 @@ async fn a_handler_refuses_with_401_and_www_authenticate_before_connect() {
 
 #[tokio::test]
 async fn the_handler_sees_last_event_id_as_the_service_does() {
-    let addr = serve(app(EventSource::new())).await;
+    let addr = serve_axum(app(EventSource::new())).await;
     let mut client = Client::connect(addr, Proto::Http2).await;
     let req = client
         .request(Method::GET, "/rooms/lobby/events")
@@ -167,7 +159,7 @@ async fn the_handler_sees_last_event_id_as_the_service_does() {
 #[tokio::test]
 async fn retry_is_queued_before_anything_the_handler_pushes() {
     let source = EventSource::new().retry(Duration::from_millis(2500));
-    let addr = serve(app(source)).await;
+    let addr = serve_axum(app(source)).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
     let req = client
         .request(Method::GET, "/rooms/lobby/events")
@@ -196,7 +188,7 @@ async fn a_subscription_made_in_the_handler_has_happened_when_the_response_arriv
             source: EventSource::new(),
             hub: hub.clone(),
         });
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
     let response = client.get("/events").await;
     // No waiting: the handler subscribed before it returned the response.
@@ -225,7 +217,7 @@ async fn shutdown_sends_the_farewell_and_ends_streams_started_with_connect() {
             ),
         )
         .with_state((EventSource::new().graceful_shutdown(&shutdown), tx));
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
 
     let mut client = Client::connect(addr, Proto::Http1).await;
     let mut events = read_events(client.get("/events").await.into_body());
@@ -280,7 +272,7 @@ async fn a_head_request_routed_to_the_handler_sees_its_client_leave_at_once() {
             }
         }),
     );
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
     let response = client.send(client.request(Method::HEAD, "/events")).await;
     assert_eq!(response.status(), StatusCode::OK);

@@ -5,59 +5,22 @@
 mod common;
 
 use common::{
-    assert_ends, handover, message, next_connection, next_event, read_events, Client, Proto, BOUND,
+    assert_ends, handover, message, next_connection, next_event, read_events, serve, Client, Proto,
+    BOUND,
 };
 use futures_util::{stream, StreamExt};
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use std::{
-    convert::Infallible,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use tokio::{sync::mpsc, time::timeout};
 use tokio_stream::wrappers::ReceiverStream;
-use tower_eventsource::{Broadcast, EncodeError, Event, EventStreamBody, PushError};
-
-/// Serves `service` on 127.0.0.1 with hyper-util's auto builder, until the test's runtime ends.
-async fn serve<S>(service: S) -> SocketAddr
-where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = http::Response<EventStreamBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use tower_eventsource::{Broadcast, EncodeError, Event, PushError};
 
 #[tokio::test]
 async fn every_item_arrives_in_order_and_the_end_of_the_source_ends_forward_with_ok() {

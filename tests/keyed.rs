@@ -7,18 +7,15 @@ mod common;
 use common::{message, next_event, read_events, Client, Events, Proto, BOUND};
 use http::{header, Request};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use std::{net::SocketAddr, time::Duration};
-use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use tokio::{sync::mpsc, time::timeout};
 use tower_eventsource::{Broadcast, Connection, EventSourceService, KeyedBroadcast, Resume};
 
 /// Serves `/events/{key}` on 127.0.0.1: each connection subscribes (twice, to show the second
 /// is a no-op) to its key, and the two outcomes go to the returned receiver.
-async fn serve(hub: KeyedBroadcast<String>) -> (SocketAddr, mpsc::UnboundedReceiver<[Resume; 2]>) {
+async fn hub_server(
+    hub: KeyedBroadcast<String>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<[Resume; 2]>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let events = EventSourceService::new(move |conn: Connection, req: Request<Incoming>| {
         let key = req.uri().path().trim_start_matches("/events/").to_owned();
@@ -27,21 +24,7 @@ async fn serve(hub: KeyedBroadcast<String>) -> (SocketAddr, mpsc::UnboundedRecei
         let _ = tx.send([first, second]);
         async {}
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let service = TowerToHyperService::new(events.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
+    let addr = common::serve(events).await;
     (addr, rx)
 }
 
@@ -71,7 +54,7 @@ async fn open(
 #[tokio::test]
 async fn each_key_streams_its_own_events_once() {
     let hub = KeyedBroadcast::new(Broadcast::builder());
-    let (addr, mut subscribed) = serve(hub.clone()).await;
+    let (addr, mut subscribed) = hub_server(hub.clone()).await;
     let (_alice, mut alice_events, how) = open(addr, &mut subscribed, "alice", None).await;
     assert_eq!(how, Resume::Live);
     let (_bob, mut bob_events, _) = open(addr, &mut subscribed, "bob", None).await;
@@ -98,7 +81,7 @@ async fn a_reconnect_resumes_in_its_key_and_an_id_of_a_dropped_key_gets_the_rese
     let hub = KeyedBroadcast::builder(Broadcast::builder().history(10).first_id(1))
         .linger(Duration::ZERO)
         .build();
-    let (addr, mut subscribed) = serve(hub.clone()).await;
+    let (addr, mut subscribed) = hub_server(hub.clone()).await;
     let room = String::from("room");
     // Subscribers that keep the keys while others reconnect.
     let (_keeper, _keeper_events, _) = open(addr, &mut subscribed, "elsewhere", None).await;

@@ -1,8 +1,7 @@
 //! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
-//! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
-//! Also a hyper server for a service, and a handler that hands each connection to the test. Not a test on its own; used by
-//! `tests/server.rs`, `tests/axum_tower_http.rs`, `tests/service.rs`, `tests/lifecycle.rs` and
-//! `tests/churn.rs`.
+//! 127.0.0.1, an event reader built on `eventsource-stream`, a parser we did not write, hyper
+//! and axum servers on 127.0.0.1:0, a handler that hands each connection to the test, and (in
+//! `example.rs`) running an example as a process. Not a test on its own.
 
 #![allow(dead_code)]
 
@@ -232,6 +231,17 @@ where
                     .await;
             });
         }
+    });
+    addr
+}
+
+/// Serves an axum `app` with `axum::serve` on 127.0.0.1; the server stops with the test's
+/// runtime.
+pub(crate) async fn serve_axum(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
     });
     addr
 }
