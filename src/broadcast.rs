@@ -560,49 +560,15 @@ impl Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{connection::LastEventId, EventStreamBody};
+    use crate::{
+        connection::LastEventId,
+        testing::{client, client_with, ready},
+    };
     use http_body::Body;
     use std::{
         pin::Pin,
         task::{Context, Poll, Waker},
     };
-
-    fn client(capacity: usize, last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
-        let last_event_id = match last_event_id {
-            Some(id) => LastEventId::Id(id.into()),
-            None => LastEventId::Absent,
-        };
-        client_with(capacity, last_event_id)
-    }
-
-    fn client_with(capacity: usize, last_event_id: LastEventId) -> (Connection, EventStreamBody) {
-        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        let runtime = RUNTIME.get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("runtime")
-        });
-        let limits = crate::connection::Limits {
-            buffer: capacity,
-            send_timeout: None,
-            keep_alive: None,
-        };
-        let (conn, shared) =
-            Connection::new(Arc::new(limits), last_event_id, runtime.handle().clone());
-        let _guard = runtime.enter();
-        (conn, EventStreamBody::stream(shared))
-    }
-
-    /// Every frame the body has ready now, joined.
-    fn ready(body: &mut EventStreamBody) -> String {
-        let mut out = Vec::new();
-        let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut *body).poll_frame(&mut cx) {
-            out.extend_from_slice(frame.data_ref().expect("data frame"));
-        }
-        String::from_utf8(out).expect("utf-8")
-    }
 
     fn hub(history: usize) -> Broadcast {
         Broadcast::builder().history(history).first_id(1).build()

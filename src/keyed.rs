@@ -527,44 +527,10 @@ impl<K> fmt::Debug for KeyedBroadcastBuilder<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        connection::{LastEventId, Limits},
-        EventStreamBody,
-    };
-    use http_body::Body;
-    use std::{
-        pin::Pin,
-        task::{Context, Poll, Waker},
-    };
+    use crate::testing::{client, ready};
     use tokio::time::advance;
 
     const LINGER: Duration = Duration::from_secs(60);
-
-    /// A connection on the current runtime, and its body.
-    fn client(last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
-        let last_event_id = match last_event_id {
-            Some(id) => LastEventId::Id(id.into()),
-            None => LastEventId::Absent,
-        };
-        let limits = Limits {
-            buffer: 16,
-            send_timeout: None,
-            keep_alive: None,
-        };
-        let runtime = tokio::runtime::Handle::current();
-        let (conn, shared) = Connection::new(Arc::new(limits), last_event_id, runtime);
-        (conn, EventStreamBody::stream(shared))
-    }
-
-    /// Every frame the body has ready now, joined.
-    fn ready(body: &mut EventStreamBody) -> String {
-        let mut out = Vec::new();
-        let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut *body).poll_frame(&mut cx) {
-            out.extend_from_slice(frame.data_ref().expect("data frame"));
-        }
-        String::from_utf8(out).expect("utf-8")
-    }
 
     fn with_history() -> KeyedBroadcast<&'static str> {
         KeyedBroadcast::builder(Broadcast::builder().history(10).first_id(1))
@@ -585,8 +551,8 @@ mod tests {
     #[tokio::test]
     async fn each_key_delivers_to_its_own_subscribers_only() {
         let hub = without_history();
-        let (alice, mut alice_body) = client(None);
-        let (bob, mut bob_body) = client(None);
+        let (alice, mut alice_body) = client(16, None);
+        let (bob, mut bob_body) = client(16, None);
         assert_eq!(hub.subscribe(&"alice", &alice), Resume::Live);
         assert_eq!(hub.subscribe(&"bob", &bob), Resume::Live);
         assert_eq!(hub.send(&"alice", "a1").unwrap().reached(), 1);
@@ -602,7 +568,7 @@ mod tests {
     #[tokio::test]
     async fn subscribing_twice_to_a_key_reports_itself_and_delivers_once() {
         let hub = without_history();
-        let (conn, mut body) = client(None);
+        let (conn, mut body) = client(16, None);
         assert_eq!(hub.subscribe(&"room", &conn), Resume::Live);
         assert_eq!(hub.subscribe(&"room", &conn), Resume::AlreadySubscribed);
         // Another key is another subscription.
@@ -620,11 +586,11 @@ mod tests {
             hub.send(&"a", text).unwrap();
         }
         hub.send(&"b", "b1").unwrap();
-        let (conn, mut body) = client(Some("1"));
+        let (conn, mut body) = client(16, Some("1"));
         assert_eq!(hub.subscribe(&"a", &conn), Resume::Replayed(2));
         assert_eq!(ready(&mut body), "data: a2\nid: 2\n\ndata: a3\nid: 3\n\n");
         // Key b has its own ids: "3" is not one of them.
-        let (conn, mut body) = client(Some("3"));
+        let (conn, mut body) = client(16, Some("3"));
         assert_eq!(hub.subscribe(&"b", &conn), Resume::Reset);
         assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 1\n\n");
     }
@@ -652,7 +618,7 @@ mod tests {
         );
         assert_eq!(held(&hub), (0, 0));
         assert_eq!(hub.send(&"k", "kept").unwrap().id(), Some("1"));
-        let (conn, mut body) = client(Some("0"));
+        let (conn, mut body) = client(16, Some("0"));
         assert_eq!(hub.subscribe(&"k", &conn), Resume::Replayed(1));
         assert_eq!(ready(&mut body), "data: kept\nid: 1\n\n");
         assert_eq!(hub.stats().keys_created, 1);
@@ -661,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_without_history_goes_with_its_last_subscriber() {
         let hub = without_history();
-        let (conn, body) = client(None);
+        let (conn, body) = client(16, None);
         hub.subscribe(&"k", &conn);
         assert_eq!(hub.send(&"k", "x").unwrap().reached(), 1);
         drop(body);
@@ -682,11 +648,11 @@ mod tests {
     async fn a_send_that_reaches_no_one_drops_a_key_without_history_at_once() {
         let hub: KeyedBroadcast<u32> = KeyedBroadcast::new(Broadcast::builder());
         // Ten busy keys ahead of it in the queue, so the checks do not reach it.
-        let busy: Vec<_> = (0..10).map(|_| client(None)).collect();
+        let busy: Vec<_> = (0..10).map(|_| client(16, None)).collect();
         for (key, (conn, _)) in (1..).zip(&busy) {
             hub.subscribe(&key, conn);
         }
-        let (conn, body) = client(None);
+        let (conn, body) = client(16, None);
         hub.subscribe(&0, &conn);
         drop(body);
         assert_eq!(hub.send(&0, "y").unwrap().reached(), 0);
@@ -700,7 +666,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscribe_of_an_ended_stream_creates_no_key() {
         let hub = with_history();
-        let (conn, body) = client(None);
+        let (conn, body) = client(16, None);
         drop(body);
         assert_eq!(hub.subscribe(&"k", &conn), Resume::Ended);
         assert_eq!(held(&hub), (0, 0));
@@ -709,7 +675,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_key_with_history_lingers_after_its_last_subscriber_left() {
         let hub = with_history();
-        let (conn, body) = client(None);
+        let (conn, body) = client(16, None);
         hub.subscribe(&"k", &conn);
         hub.send(&"k", "x").unwrap();
         advance(Duration::from_secs(30)).await;
@@ -741,7 +707,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_subscribed_key_is_kept_however_long() {
         let hub = with_history();
-        let (conn, _body) = client(None);
+        let (conn, _body) = client(16, None);
         hub.subscribe(&"k", &conn);
         advance(LINGER * 10).await;
         assert_eq!(hub.stats().keys, 1);
@@ -750,7 +716,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_recreated_key_answers_an_old_id_with_the_reset_event() {
         let hub = with_history();
-        let (conn, body) = client(None);
+        let (conn, body) = client(16, None);
         hub.subscribe(&"k", &conn);
         for text in ["1", "2", "3"] {
             hub.send(&"k", text).unwrap();
@@ -764,14 +730,14 @@ mod tests {
             hub.send(&"k", text).unwrap();
         }
         for old in ["1", "2", "3"] {
-            let (conn, mut body) = client(Some(old));
+            let (conn, mut body) = client(16, Some(old));
             assert_eq!(hub.subscribe(&"k", &conn), Resume::Reset, "old id {old}");
             let reset = ready(&mut body);
             assert!(reset.starts_with("event: reset\n"), "{reset}");
             // Resuming from the reset's id misses nothing after it.
             let newest = reset.rsplit("id: ").next().unwrap().trim_end().to_owned();
             hub.send(&"k", "next").unwrap();
-            let (again, mut body) = client(Some(&newest));
+            let (again, mut body) = client(16, Some(&newest));
             assert!(matches!(hub.subscribe(&"k", &again), Resume::Replayed(1)));
             assert!(ready(&mut body).starts_with("data: next\n"));
         }
@@ -783,7 +749,7 @@ mod tests {
             let mut most = (0, 0);
             for i in 0..10_000u32 {
                 let key: &'static str = Box::leak(i.to_string().into_boxed_str());
-                let (conn, body) = client(None);
+                let (conn, body) = client(16, None);
                 hub.subscribe(&key, &conn);
                 hub.send(&key, "x").unwrap();
                 drop(body);

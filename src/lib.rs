@@ -275,6 +275,8 @@ mod event_source;
 mod keyed;
 mod service;
 mod shutdown;
+#[cfg(test)]
+mod testing;
 
 pub use body::EventStreamBody;
 pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, SlowClient};
