@@ -121,6 +121,8 @@ mod broadcast;
 mod connection;
 mod error;
 mod event;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod shutdown;
 
@@ -129,6 +131,9 @@ pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, SlowCli
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use crate::redis::{PublishError, RedisBroadcast, RedisBuilder, RedisKeyedBroadcast, RedisStats};
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 
