@@ -34,7 +34,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
 
@@ -54,15 +54,15 @@ struct App {
 
 /// The recent messages, for pages that have to reload.
 struct Chat {
-    /// Ids start at the clock, so a restarted server never reuses an id that a browser saw
-    /// before the restart: the hub does not know that id and sends the `reset` event.
-    next_id: u64,
     recent: VecDeque<Message>,
 }
 
 #[derive(Clone, Serialize)]
 struct Message {
-    id: u64,
+    /// The id the hub gave the message's event. The hub's ids start at the clock, so a
+    /// restarted server never reuses an id that a browser saw before the restart: the hub
+    /// does not know that id and sends the `reset` event.
+    id: String,
     text: String,
 }
 
@@ -90,9 +90,6 @@ async fn main() {
     let app = Arc::new(App {
         hub: Broadcast::builder().history(1000).build(),
         chat: Mutex::new(Chat {
-            next_id: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |since| since.as_micros() as u64),
             recent: VecDeque::new(),
         }),
         stopped: AtomicBool::new(false),
@@ -179,13 +176,11 @@ async fn post_message(State(app): State<Arc<App>>, text: String) -> StatusCode {
     }
     // The lock keeps the recent list in the same order as the stream.
     let mut chat = app.chat.lock().unwrap();
-    let id = chat.next_id;
-    chat.next_id += 1;
-    let event = Event::new().id(id.to_string()).data(&text);
-    if app.hub.send(event).is_err() {
-        // Unreachable for a number id and text data, which always encode.
+    let Ok(sent) = app.hub.send(Event::new().data(&text)) else {
+        // Unreachable for text data, which always encodes.
         return StatusCode::INTERNAL_SERVER_ERROR;
-    }
+    };
+    let id = sent.id().unwrap_or_default().to_owned();
     chat.recent.push_back(Message { id, text });
     if chat.recent.len() > RECENT {
         chat.recent.pop_front();
@@ -193,7 +188,7 @@ async fn post_message(State(app): State<Arc<App>>, text: String) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `GET /messages`: the recent messages, oldest first, as `[{"id": 1, "text": "hi"}, ...]`.
+/// `GET /messages`: the recent messages, oldest first, as `[{"id": "1", "text": "hi"}, ...]`.
 async fn recent_messages(State(app): State<Arc<App>>) -> Json<Vec<Message>> {
     Json(app.chat.lock().unwrap().recent.iter().cloned().collect())
 }
@@ -301,7 +296,7 @@ function showState() { stateView.textContent = STATES[source.readyState]; }
 function onMessage(event) {
   lastIdView.textContent = event.lastEventId;
   if (arrivedDuringReload) {
-    arrivedDuringReload.push({ id: Number(event.lastEventId), text: event.data });
+    arrivedDuringReload.push({ id: event.lastEventId, text: event.data });
   } else {
     show(event.lastEventId, event.data);
   }
@@ -327,10 +322,10 @@ async function reload() {
   }
   list.replaceChildren();
   for (const message of messages) show(message.id, message.text);
-  // Ids increase, so what arrived live and is newer than the list is not in it yet.
-  const newest = messages.length ? messages[messages.length - 1].id : 0;
+  // What arrived live while the list loaded is newer than the list, unless the list has it.
+  const listed = new Set(messages.map((message) => message.id));
   for (const message of arrivedDuringReload) {
-    if (message.id > newest) show(message.id, message.text);
+    if (!listed.has(message.id)) show(message.id, message.text);
   }
   arrivedDuringReload = null;
 }

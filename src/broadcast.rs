@@ -2,13 +2,17 @@
 
 use crate::{
     connection::{Connection, Refused},
+    event::is_resumable_id,
     EncodeError, Event,
 };
 use bytes::Bytes;
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -63,6 +67,8 @@ pub struct Broadcast {
 }
 
 struct Inner {
+    /// Tells hubs apart, so that a connection subscribed twice to one hub is noticed.
+    id: u64,
     state: Mutex<State>,
     history_events: usize,
     history_bytes: usize,
@@ -117,6 +123,30 @@ pub enum Resume {
     Reset,
     /// The connection's stream had already ended; it was not subscribed.
     Ended,
+    /// The connection was already subscribed to this hub: nothing was done, so it still gets
+    /// each event once.
+    AlreadySubscribed,
+}
+
+/// What [`Broadcast::send`] did with an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sent {
+    id: Option<Box<str>>,
+    reached: usize,
+}
+
+impl Sent {
+    /// The event's id: the one it was given, or with a history the one the hub assigned.
+    /// `None` for an event without id on a hub without history.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// How many subscribers it was handed to.
+    pub fn reached(&self) -> usize {
+        self.reached
+    }
 }
 
 /// Counters of a [`Broadcast`], from [`Broadcast::stats`].
@@ -197,8 +227,10 @@ impl BroadcastBuilder {
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |since| since.as_micros() as u64)
         });
+        static HUBS: AtomicU64 = AtomicU64::new(0);
         Broadcast {
             inner: Arc::new(Inner {
+                id: HUBS.fetch_add(1, Ordering::Relaxed),
                 state: Mutex::new(State {
                     subscribers: Vec::new(),
                     prune_at: 64,
@@ -237,8 +269,10 @@ impl Broadcast {
     /// Subscribes `conn` (the hub keeps a clone), first replaying what it missed since its
     /// `Last-Event-ID`; see [Replay](Broadcast#history-and-replay).
     ///
-    /// A replay goes into the connection's buffer as one frame, even past its bound: it is
-    /// bounded by the history instead.
+    /// A replay goes into the connection's buffer past its bound: it is bounded by the history
+    /// instead, and shares the history's bytes rather than copying them. Subscribing a
+    /// connection that is already subscribed does nothing and returns
+    /// [`Resume::AlreadySubscribed`].
     pub fn subscribe(&self, conn: &Connection) -> Resume {
         self.subscribe_from(conn, conn.last_event_id())
     }
@@ -247,62 +281,60 @@ impl Broadcast {
     /// connection's `Last-Event-ID`.
     ///
     /// For a page that loads what it shows first (`GET /messages`, say) and then opens
-    /// `/events?after=<its newest id>`: pass the query's id when the request has no
-    /// `Last-Event-ID`, so that nothing sent between the two requests is lost. Like
-    /// `Last-Event-ID`, the cursor is client input: it is only looked up in the history.
+    /// `/events?after=<its newest id>`: pass `conn.last_event_id().or(after)`, so that a
+    /// reconnecting browser resumes from what it saw last and nothing sent between the two
+    /// requests is lost. Like `Last-Event-ID`, the cursor is client input: it is only looked
+    /// up in the history. A connection whose `Last-Event-ID` is unusable
+    /// ([`Connection::has_unusable_last_event_id`]) gets the reset event whatever the cursor:
+    /// it was resuming from something the hub cannot find.
     pub fn subscribe_from(&self, conn: &Connection, cursor: Option<&str>) -> Resume {
         let mut state = self.lock();
-        let resume = match (self.has_history(), cursor) {
-            (true, Some(cursor)) => {
-                let after = if *cursor == *state.before_history {
-                    Some(0)
-                } else {
-                    state
-                        .history
-                        .iter()
-                        .rposition(|entry| *entry.id == *cursor)
-                        .map(|at| at + 1)
-                };
-                match after {
-                    Some(after) => {
-                        let frames: Vec<Bytes> = state
-                            .history
-                            .range(after..)
-                            .map(|e| e.frame.clone())
-                            .collect();
-                        let count = frames.len();
-                        if !conn.send_unbounded(&frames) {
-                            return Resume::Ended;
-                        }
-                        state.stats.deliveries += count as u64;
-                        Resume::Replayed(count)
+        if conn.is_in_hub(self.inner.id) {
+            return Resume::AlreadySubscribed;
+        }
+        let unusable = conn.has_unusable_last_event_id();
+        let resume = if !self.has_history() || (cursor.is_none() && !unusable) {
+            if conn.is_closed() {
+                return Resume::Ended;
+            }
+            Resume::Live
+        } else {
+            let cursor = cursor.filter(|_| !unusable);
+            match cursor.and_then(|cursor| state.find(cursor)) {
+                Some(after) => {
+                    let frames = state.history.range(after..).map(|e| e.frame.clone());
+                    let count = frames.len();
+                    if !conn.send_unbounded(frames) {
+                        return Resume::Ended;
                     }
-                    None => {
-                        let newest = match state.history.back() {
-                            Some(entry) => &entry.id,
-                            None => &state.before_history,
-                        };
-                        let reset = self.inner.reset.clone().id(newest).finish();
-                        if !conn.send_unbounded(&[reset]) {
-                            return Resume::Ended;
-                        }
-                        state.stats.resets += 1;
-                        Resume::Reset
+                    state.stats.deliveries += count as u64;
+                    Resume::Replayed(count)
+                }
+                None => {
+                    let newest = match state.history.back() {
+                        Some(entry) => &entry.id,
+                        None => &state.before_history,
+                    };
+                    let reset = self.inner.reset.clone().id(newest).finish();
+                    if !conn.send_unbounded([reset]) {
+                        return Resume::Ended;
                     }
+                    state.stats.resets += 1;
+                    Resume::Reset
                 }
             }
-            _ if conn.is_closed() => return Resume::Ended,
-            _ => Resume::Live,
         };
         if state.subscribers.len() >= state.prune_at {
             state.subscribers.retain(|s| !s.conn.is_closed());
             state.prune_at = (state.subscribers.len() * 2).max(64);
         }
+        conn.join_hub(self.inner.id);
         state.subscribers.push(Subscriber { conn: conn.clone() });
         resume
     }
 
-    /// Sends `event` to every subscriber and returns how many it reached.
+    /// Sends `event` to every subscriber, and says which id it has and how many subscribers
+    /// it reached.
     ///
     /// The event is encoded once; every subscriber gets the same bytes. With a history, an
     /// event without an id gets the next id, and the event is kept for replay even when no one
@@ -311,28 +343,35 @@ impl Broadcast {
     ///
     /// # Errors
     ///
-    /// When the event cannot be encoded; nothing is sent.
-    pub fn send(&self, event: impl Into<Event>) -> Result<usize, EncodeError> {
+    /// When the event cannot be encoded, and, with a history, when its id could never come
+    /// back in `Last-Event-ID` ([`EncodeError::UnresumableId`]); nothing is sent.
+    pub fn send(&self, event: impl Into<Event>) -> Result<Sent, EncodeError> {
         let mut event = event.into();
         event.validate()?;
         let mut state = self.lock();
         let state = &mut *state;
-        if self.has_history() {
-            let id: Box<str> = match event.last_id() {
-                Some(id) => id.into(),
-                None => {
-                    let id = state.next_id.to_string();
-                    state.next_id += 1;
-                    event = event.id(&id);
-                    id.into()
-                }
-            };
-            let frame = event.finish();
-            self.remember(state, id, frame.clone());
-            Ok(self.deliver(state, &frame))
-        } else {
-            Ok(self.deliver(state, &event.finish()))
+        if !self.has_history() {
+            let id = event.last_id().map(Box::from);
+            let reached = self.deliver(state, &event.finish());
+            return Ok(Sent { id, reached });
         }
+        let id: Box<str> = match event.last_id() {
+            Some(id) if is_resumable_id(id) => id.into(),
+            Some(_) => return Err(EncodeError::UnresumableId),
+            None => {
+                let id = state.next_id.to_string();
+                state.next_id += 1;
+                event = event.id(&id);
+                id.into()
+            }
+        };
+        let frame = event.finish();
+        self.remember(state, id.clone(), frame.clone());
+        let reached = self.deliver(state, &frame);
+        Ok(Sent {
+            id: Some(id),
+            reached,
+        })
     }
 
     /// The hub's counters.
@@ -408,6 +447,18 @@ impl Broadcast {
     }
 }
 
+impl State {
+    /// Where the events after `cursor` start in the history, if the hub knows `cursor`: the
+    /// latest event with that id, or the one just before the history.
+    fn find(&self, cursor: &str) -> Option<usize> {
+        self.history
+            .iter()
+            .rposition(|entry| *entry.id == *cursor)
+            .map(|at| at + 1)
+            .or_else(|| (*cursor == *self.before_history).then_some(0))
+    }
+}
+
 /// The history as seen by a hub fed from elsewhere (the `redis` feature): the id just before
 /// the oldest kept event, and the kept events' ids, oldest first.
 #[cfg(feature = "redis")]
@@ -470,48 +521,55 @@ impl Broadcast {
 
     /// Subscribes `conn` if `plan` finds where it resumes: `plan` returns the frames to replay
     /// first and the index of the first kept event to replay after them. `None` when `plan`
-    /// found nothing; nothing was sent and `conn` is not subscribed.
+    /// found nothing: nothing was sent and `conn` is not subscribed.
     pub(crate) fn subscribe_with(
         &self,
         conn: &Connection,
         plan: impl FnOnce(&Window<'_>) -> Option<(Vec<Bytes>, usize)>,
     ) -> Option<Resume> {
         let mut state = self.lock();
+        if conn.is_in_hub(self.inner.id) {
+            return Some(Resume::AlreadySubscribed);
+        }
         if conn.is_closed() {
             return Some(Resume::Ended);
         }
         let (mut frames, skip) = plan(&Window { state: &state })?;
         frames.extend(state.history.range(skip..).map(|e| e.frame.clone()));
         let count = frames.len();
-        if !conn.send_unbounded(&frames) {
+        if !conn.send_unbounded(frames) {
             return Some(Resume::Ended);
         }
         state.stats.deliveries += count as u64;
-        Self::add_subscriber(&mut state, conn);
+        self.add_subscriber(&mut state, conn);
         Some(Resume::Replayed(count))
     }
 
     /// Sends `conn` the reset event, with the newest id, and subscribes it.
     pub(crate) fn subscribe_reset(&self, conn: &Connection) -> Resume {
         let mut state = self.lock();
+        if conn.is_in_hub(self.inner.id) {
+            return Resume::AlreadySubscribed;
+        }
         let newest = match state.history.back() {
             Some(entry) => &entry.id,
             None => &state.before_history,
         };
         let reset = self.inner.reset.clone().id(newest).finish();
-        if !conn.send_unbounded(&[reset]) {
+        if !conn.send_unbounded([reset]) {
             return Resume::Ended;
         }
         state.stats.resets += 1;
-        Self::add_subscriber(&mut state, conn);
+        self.add_subscriber(&mut state, conn);
         Resume::Reset
     }
 
-    fn add_subscriber(state: &mut State, conn: &Connection) {
+    fn add_subscriber(&self, state: &mut State, conn: &Connection) {
         if state.subscribers.len() >= state.prune_at {
             state.subscribers.retain(|s| !s.conn.is_closed());
             state.prune_at = (state.subscribers.len() * 2).max(64);
         }
+        conn.join_hub(self.inner.id);
         state.subscribers.push(Subscriber { conn: conn.clone() });
     }
 }
@@ -536,7 +594,7 @@ impl fmt::Debug for Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::EventStreamBody;
+    use crate::{connection::LastEventId, EventStreamBody};
     use http_body::Body;
     use std::{
         pin::Pin,
@@ -544,12 +602,29 @@ mod tests {
     };
 
     fn client(capacity: usize, last_event_id: Option<&str>) -> (Connection, EventStreamBody) {
+        let last_event_id = match last_event_id {
+            Some(id) => LastEventId::Id(id.into()),
+            None => LastEventId::Absent,
+        };
+        client_with(capacity, last_event_id)
+    }
+
+    fn client_with(capacity: usize, last_event_id: LastEventId) -> (Connection, EventStreamBody) {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime")
+        });
         let limits = crate::connection::Limits {
             buffer: capacity,
             send_timeout: None,
             keep_alive: None,
         };
-        let (conn, shared) = Connection::new(Arc::new(limits), last_event_id.map(Box::from));
+        let (conn, shared) =
+            Connection::new(Arc::new(limits), last_event_id, runtime.handle().clone());
+        let _guard = runtime.enter();
         (conn, EventStreamBody::stream(shared))
     }
 
@@ -586,7 +661,7 @@ mod tests {
         let hub = Broadcast::new();
         let (conn, mut body) = client(8, Some("3"));
         assert_eq!(hub.subscribe(&conn), Resume::Live);
-        assert_eq!(hub.send("a"), Ok(1));
+        assert_eq!(hub.send("a").map(|sent| sent.reached()), Ok(1));
         assert_eq!(ready(&mut body), "data: a\n\n");
     }
 
@@ -708,7 +783,7 @@ mod tests {
         }
         let (conn, mut body) = client(4, Some("1"));
         assert_eq!(hub.subscribe(&conn), Resume::Replayed(19));
-        assert_eq!(hub.send("live"), Ok(1));
+        assert_eq!(hub.send("live").map(|sent| sent.reached()), Ok(1));
         assert!(!conn.is_closed());
         let received = ready(&mut body);
         assert_eq!(received.matches("data: ").count(), 20);
@@ -757,7 +832,7 @@ mod tests {
         }
         let mut expected = String::new();
         for i in 1..=10 {
-            let reached = hub.send(i.to_string()).unwrap();
+            let reached = hub.send(i.to_string()).unwrap().reached();
             assert_eq!(reached, if i <= 4 { 1001 } else { 1000 });
             expected.push_str(&format!("data: {i}\nid: {i}\n\n"));
         }
@@ -805,7 +880,7 @@ mod tests {
         for (conn, _) in &clients {
             hub.subscribe(conn);
         }
-        assert_eq!(hub.send("shared"), Ok(10_000));
+        assert_eq!(hub.send("shared").map(|sent| sent.reached()), Ok(10_000));
         let mut cx = Context::from_waker(Waker::noop());
         let mut pointers = std::collections::HashSet::new();
         for (_, body) in &mut clients {
@@ -827,7 +902,7 @@ mod tests {
         hub.subscribe(&a);
         hub.subscribe(&b);
         drop(body_a);
-        assert_eq!(hub.send("x"), Ok(1));
+        assert_eq!(hub.send("x").map(|sent| sent.reached()), Ok(1));
         assert_eq!(hub.stats().subscribers, 1);
     }
 
@@ -865,5 +940,81 @@ mod tests {
         assert_eq!(ready(&mut body), "data: bye\n\n");
         assert!(body.is_end_stream());
         assert_eq!(hub.stats().subscribers, 0);
+    }
+    #[test]
+    fn subscribing_a_connection_twice_is_a_no_op_that_says_so() {
+        let hub = hub(10);
+        let (conn, mut body) = client(8, None);
+        assert_eq!(hub.subscribe(&conn), Resume::Live);
+        assert_eq!(hub.subscribe(&conn.clone()), Resume::AlreadySubscribed);
+        assert_eq!(hub.send("once").map(|sent| sent.reached()), Ok(1));
+        assert_eq!(ready(&mut body), "data: once\nid: 1\n\n");
+        // Another hub is another subscription.
+        let other = hub_with_first_id(100);
+        assert_eq!(other.subscribe(&conn), Resume::Live);
+        assert_eq!(other.send("two").map(|sent| sent.reached()), Ok(1));
+    }
+
+    fn hub_with_first_id(first: u64) -> Broadcast {
+        Broadcast::builder().history(10).first_id(first).build()
+    }
+
+    #[test]
+    fn an_unusable_last_event_id_gets_the_reset_event_whatever_the_cursor() {
+        let hub = hub(10);
+        hub.send("missed").unwrap();
+        let (conn, mut body) = client_with(8, LastEventId::Unusable);
+        assert_eq!(hub.subscribe_from(&conn, Some("0")), Resume::Reset);
+        assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 1\n\n");
+        // Without a history there is nothing to resume: live events.
+        let (conn, _body) = client_with(8, LastEventId::Unusable);
+        assert_eq!(Broadcast::new().subscribe(&conn), Resume::Live);
+    }
+
+    #[test]
+    fn replays_share_the_history_bytes_instead_of_copying_them() {
+        // Events larger than a body frame are handed over one by one, so the body's frames are
+        // the queued bytes themselves.
+        let hub = hub(10);
+        let big = "x".repeat(70 * 1024);
+        for _ in 0..3 {
+            hub.send(big.as_str()).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut seen: Vec<Vec<*const u8>> = Vec::new();
+        let clients: Vec<_> = (0..200).map(|_| client(1, Some("0"))).collect();
+        for (conn, _) in &clients {
+            assert_eq!(hub.subscribe(conn), Resume::Replayed(3));
+        }
+        for (_, mut body) in clients {
+            let mut pointers = Vec::new();
+            while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+                pointers.push(frame.into_data().expect("data frame").as_ptr());
+            }
+            seen.push(pointers);
+        }
+        assert_eq!(seen[0].len(), 3);
+        assert!(seen.iter().all(|pointers| *pointers == seen[0]));
+    }
+
+    #[test]
+    fn pruning_runs_when_the_list_doubles_since_the_last_prune() {
+        let hub = Broadcast::new();
+        let live: Vec<_> = (0..100).map(|_| client(4, None)).collect();
+        for (conn, _) in &live {
+            hub.subscribe(conn);
+        }
+        let mut lengths = Vec::new();
+        for _ in 0..1000 {
+            let (conn, body) = client(4, None);
+            hub.subscribe(&conn);
+            drop(body);
+            lengths.push(hub.lock().subscribers.len());
+        }
+        // 100 live ones: the list grows to twice that, then is pruned back to the live ones,
+        // first at 128 (the threshold the live ones left), then every 100 subscribes.
+        assert_eq!(lengths.iter().max(), Some(&200));
+        assert_eq!(lengths.iter().min(), Some(&101));
+        assert_eq!(lengths.iter().filter(|&&len| len == 101).count(), 11);
     }
 }

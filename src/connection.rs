@@ -1,7 +1,8 @@
 //! The send handle, [`Connection`], and the bounded queue it shares with the body.
 
-use crate::{error::TryPushError, Event, PushError};
+use crate::{error::TryPushError, event::MAX_ID_LEN, Event, PushError};
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use std::{
     collections::VecDeque,
     fmt,
@@ -9,7 +10,7 @@ use std::{
     task::{Context, Poll, Waker},
     time::Duration,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::{runtime::Handle, sync::Notify, time::Instant};
 
 /// Queued events are joined into one body frame up to this many bytes.
 const MAX_FRAME: usize = 64 * 1024;
@@ -34,10 +35,45 @@ pub struct Connection {
 /// What the handle and the body share.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Woken when the buffer gets room, and when the stream ends.
+    /// Woken when the buffer gets room, when the stream ends, and when a closing stream has
+    /// handed its last frame to the body.
     changed: Notify,
     limits: Arc<Limits>,
-    last_event_id: Option<Box<str>>,
+    last_event_id: LastEventId,
+    /// The runtime the stream was created on: its timers serve pushes and closes made from
+    /// any thread.
+    runtime: Handle,
+}
+
+/// The request's `Last-Event-ID`, as the stream sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LastEventId {
+    /// No header, or an empty one (the browser's last id was reset).
+    Absent,
+    Id(Box<str>),
+    /// A header that is present but cannot be an id: not UTF-8, longer than [`MAX_ID_LEN`]
+    /// bytes, or sent more than once.
+    Unusable,
+}
+
+impl LastEventId {
+    /// Reads the `Last-Event-ID` header.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let mut values = headers.get_all("last-event-id").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return match headers.contains_key("last-event-id") {
+                true => LastEventId::Unusable,
+                false => LastEventId::Absent,
+            };
+        };
+        if value.is_empty() {
+            return LastEventId::Absent;
+        }
+        match std::str::from_utf8(value.as_bytes()) {
+            Ok(id) if id.len() <= MAX_ID_LEN => LastEventId::Id(id.into()),
+            _ => LastEventId::Unusable,
+        }
+    }
 }
 
 /// Settings shared by every stream of a service.
@@ -50,12 +86,24 @@ pub(crate) struct Limits {
 }
 
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Queued>,
+    /// Queued frames that count against the buffer: all but replays, `retry` and farewells.
+    counted: usize,
     phase: Phase,
+    /// Whether this side ended the stream ([`Connection::close`], a shutdown, a hub), rather
+    /// than the client.
+    closed_here: bool,
     handles: u32,
     body: Option<Waker>,
     /// When a push first found the buffer full since the body last took from it.
     full_since: Option<Instant>,
+    /// The hubs this connection is subscribed to, so that subscribing twice is noticed.
+    hubs: Vec<u64>,
+}
+
+struct Queued {
+    frame: Bytes,
+    counted: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,19 +124,28 @@ pub(crate) enum Refused {
 }
 
 impl Connection {
-    /// A new handle and the shared queue for the body to read.
-    pub(crate) fn new(limits: Arc<Limits>, last_event_id: Option<Box<str>>) -> (Self, Arc<Shared>) {
+    /// A new handle and the shared queue for the body to read, on `runtime` (see
+    /// [`stream_runtime`]).
+    pub(crate) fn new(
+        limits: Arc<Limits>,
+        last_event_id: LastEventId,
+        runtime: Handle,
+    ) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                counted: 0,
                 phase: Phase::Open,
+                closed_here: false,
                 handles: 1,
                 body: None,
                 full_since: None,
+                hubs: Vec::new(),
             }),
             changed: Notify::new(),
             limits,
             last_event_id,
+            runtime,
         });
         (
             Connection {
@@ -107,37 +164,43 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`PushError::Invalid`] when the event cannot be encoded (nothing is sent), and
-    /// [`PushError::Disconnected`] once the stream has ended.
+    /// [`PushError::Invalid`] when the event cannot be encoded (nothing is sent);
+    /// [`PushError::Closed`] once this side has closed the stream, and
+    /// [`PushError::Disconnected`] once the client has gone.
     pub async fn push(&self, event: impl Into<Event>) -> Result<(), PushError> {
         let event = event.into();
         event.validate()?;
-        self.send(event.finish())
-            .await
-            .map_err(|_| PushError::Disconnected)
+        match self.send(event.finish()).await {
+            Ok(()) => Ok(()),
+            Err(_) if self.shared.lock().closed_here => Err(PushError::Closed),
+            Err(_) => Err(PushError::Disconnected),
+        }
     }
 
     /// Pushes one event if the buffer has room, without waiting.
     ///
     /// # Errors
     ///
-    /// [`TryPushError::Full`] when the buffer is full and [`TryPushError::Disconnected`] once
-    /// the stream has ended, each handing the event back; [`TryPushError::Invalid`] when the
-    /// event cannot be encoded.
+    /// [`TryPushError::Full`] when the buffer is full, [`TryPushError::Closed`] once this
+    /// side has closed the stream and [`TryPushError::Disconnected`] once the client has gone,
+    /// each handing the event back; [`TryPushError::Invalid`] when the event cannot be
+    /// encoded.
     pub fn try_push(&self, event: impl Into<Event>) -> Result<(), TryPushError> {
         let event = event.into();
         event.validate().map_err(TryPushError::Invalid)?;
         self.offer(event, Event::finish)
             .map_err(|(refused, event)| match refused {
                 Refused::Full => TryPushError::Full(event),
+                Refused::Ended if self.shared.lock().closed_here => TryPushError::Closed(event),
                 Refused::Ended => TryPushError::Disconnected(event),
             })
     }
 
-    /// Ends the stream once what was already pushed has been sent. Later pushes fail and send
-    /// nothing. Calling it again does nothing.
+    /// Ends the stream once what was already pushed has been sent. Later pushes fail with
+    /// [`PushError::Closed`] and send nothing. Calling it again does nothing. It may be called
+    /// from any thread.
     pub fn close(&self) {
-        self.shared.end(Phase::Closing);
+        self.shared.close_here(None);
     }
 
     /// Resolves when the stream has ended: the client went away, or the stream was closed.
@@ -161,10 +224,25 @@ impl Connection {
     /// The request's `Last-Event-ID`: the id of the last event the browser saw before it
     /// reconnected.
     ///
-    /// `None` when the header is missing, is not UTF-8, or is longer than 1024 bytes. The value
-    /// comes from the client: treat it as untrusted input.
+    /// `None` when the header is missing or empty, and when it is unusable: not UTF-8, longer
+    /// than 1024 bytes, or sent twice (see
+    /// [`has_unusable_last_event_id`](Self::has_unusable_last_event_id)). The value comes
+    /// from the client: treat it as untrusted input.
     pub fn last_event_id(&self) -> Option<&str> {
-        self.shared.last_event_id.as_deref()
+        match &self.shared.last_event_id {
+            LastEventId::Id(id) => Some(id),
+            LastEventId::Absent | LastEventId::Unusable => None,
+        }
+    }
+
+    /// Whether the request carried a `Last-Event-ID` that cannot be an id (not UTF-8, longer
+    /// than 1024 bytes, or sent twice).
+    ///
+    /// Such a client was resuming, so it is not a new one: it missed events that cannot be
+    /// found. [`Broadcast::subscribe`](crate::Broadcast::subscribe) answers it with the reset
+    /// event; a handler that resumes by itself should likewise tell the page to reload.
+    pub fn has_unusable_last_event_id(&self) -> bool {
+        self.shared.last_event_id == LastEventId::Unusable
     }
 
     /// Queues an encoded frame, waiting while the buffer is full.
@@ -182,9 +260,13 @@ impl Connection {
                 other => return other.map_err(|(refused, _)| refused),
             };
             match self.shared.stall_deadline() {
-                // Wake up at the deadline to end the stalled stream.
+                // Wake up at the deadline to end the stalled stream. The timer comes from the
+                // stream's runtime, so a push from any thread or executor can wait.
                 Some(deadline) => {
-                    let _ = tokio::time::timeout_at(deadline, room).await;
+                    let _guard = self.shared.runtime.enter();
+                    let timeout = tokio::time::timeout_at(deadline, room);
+                    drop(_guard);
+                    let _ = timeout.await;
                 }
                 None => room.await,
             }
@@ -203,8 +285,12 @@ impl Connection {
         let mut state = self.shared.lock();
         let phase = state.phase;
         match phase {
-            Phase::Open if state.queue.len() < self.shared.limits.buffer => {
-                state.queue.push_back(encode(item));
+            Phase::Open if state.counted < self.shared.limits.buffer => {
+                state.queue.push_back(Queued {
+                    frame: encode(item),
+                    counted: true,
+                });
+                state.counted += 1;
                 // The body waits only on an empty queue: later pushes need not wake it again.
                 if state.queue.len() == 1 {
                     if let Some(body) = &state.body {
@@ -223,30 +309,36 @@ impl Connection {
         }
     }
 
-    /// Queues frames joined into one, past the buffer's bound, for a replay whose size the
-    /// caller bounds. Taking one slot, a replay of any length leaves the buffer's room to live
-    /// events.
-    pub(crate) fn send_unbounded(&self, frames: &[Bytes]) -> bool {
-        let frame = match frames {
-            [] => return !self.is_closed(),
-            [frame] => frame.clone(),
-            frames => {
-                let mut joined = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-                for frame in frames {
-                    joined.extend_from_slice(frame);
-                }
-                joined.freeze()
-            }
-        };
+    /// Queues `frames` past the buffer's bound, for a replay (or the stream's first `retry:`)
+    /// whose size the caller bounds: a replay of any length leaves the buffer's room to live
+    /// events. The frames are shared, not copied. Returns whether the stream was open.
+    pub(crate) fn send_unbounded(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
         let mut state = self.shared.lock();
         if state.phase != Phase::Open {
             return false;
         }
-        state.queue.push_back(frame);
-        let body = state.body.take();
+        let before = state.queue.len();
+        state.queue.extend(frames.into_iter().map(|frame| Queued {
+            frame,
+            counted: false,
+        }));
+        let body = match before == 0 && !state.queue.is_empty() {
+            true => state.body.take(),
+            false => None,
+        };
         drop(state);
         wake(body);
         true
+    }
+
+    /// Whether hub `hub` has subscribed this connection.
+    pub(crate) fn is_in_hub(&self, hub: u64) -> bool {
+        self.shared.lock().hubs.contains(&hub)
+    }
+
+    /// Records that hub `hub` subscribed this connection.
+    pub(crate) fn join_hub(&self, hub: u64) {
+        self.shared.lock().hubs.push(hub);
     }
 }
 
@@ -266,9 +358,9 @@ impl Drop for Connection {
         let mut state = self.shared.lock();
         state.handles -= 1;
         if state.handles == 0 {
-            let body = state.body.take();
-            drop(state);
-            wake(body);
+            // Nobody can push any more: the stream closes like after `close`, so the send
+            // timeout still watches what is queued.
+            self.shared.end_locked(state, Phase::Closing);
         }
     }
 }
@@ -307,7 +399,10 @@ impl Shared {
         }
         state.phase = phase;
         match phase {
-            Phase::Gone => state.queue = VecDeque::new(),
+            Phase::Gone => {
+                state.queue = VecDeque::new();
+                state.counted = 0;
+            }
             _ => self.watch_closing(&mut state),
         }
         let body = state.body.take();
@@ -316,26 +411,39 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
+    /// Closes the stream from this side, after `farewell` if one is given, in one step so that
+    /// nothing is queued after the farewell. Does nothing once the stream has ended.
+    pub(crate) fn close_here(self: &Arc<Self>, farewell: Option<&Bytes>) {
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return;
+        }
+        state.closed_here = true;
+        state.queue.extend(farewell.map(|frame| Queued {
+            frame: frame.clone(),
+            counted: false,
+        }));
+        self.end_locked(state, Phase::Closing);
+    }
+
     /// With a send timeout, ends a closing stream whose queued frames the body has not taken
-    /// from for that long: no push will come to notice it.
+    /// from for that long: no push will come to notice it. The timer runs on the stream's
+    /// runtime, whichever thread closed it, and ends as soon as the queue is empty.
     fn watch_closing(self: &Arc<Self>, state: &mut State) {
         let Some(timeout) = self.limits.send_timeout else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if state.queue.is_empty() {
             return;
         }
         state.full_since.get_or_insert_with(Instant::now);
-        let shared = Arc::downgrade(self);
-        runtime.spawn(async move {
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
             loop {
+                let drained = shared.changed.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
                 let deadline = {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
                     let mut state = shared.lock();
                     if state.phase != Phase::Closing || state.queue.is_empty() {
                         return;
@@ -348,7 +456,9 @@ impl Shared {
                     since.checked_add(timeout)
                 };
                 match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    Some(deadline) => {
+                        let _ = tokio::time::timeout_at(deadline, drained).await;
+                    }
                     None => return,
                 }
             }
@@ -379,24 +489,13 @@ impl Shared {
             .and_then(|since| since.checked_add(timeout))
     }
 
-    /// Graceful shutdown: queues `farewell` past the buffer's bound and closes the stream, in
-    /// one step so that nothing is queued after the farewell.
-    pub(crate) fn shut_down(self: &Arc<Self>, farewell: Option<&Bytes>) {
-        let mut state = self.lock();
-        if state.phase != Phase::Open {
-            return;
-        }
-        state.queue.extend(farewell.cloned());
-        self.end_locked(state, Phase::Closing);
-    }
-
     /// The next frame for the body: every queued event joined (up to [`MAX_FRAME`] bytes),
     /// `None` once the stream has ended and the queue is empty.
     pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut state = self.lock();
-        let was_full = state.queue.len() >= self.limits.buffer;
-        let Some(first) = state.queue.pop_front() else {
-            if state.phase != Phase::Open || state.handles == 0 {
+        let was_full = state.counted >= self.limits.buffer;
+        let Some(first) = state.pop() else {
+            if state.phase != Phase::Open {
                 return Poll::Ready(None);
             }
             if !state.body.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -405,25 +504,27 @@ impl Shared {
             return Poll::Pending;
         };
         let frame = match state.queue.front() {
-            Some(next) if first.len() + next.len() <= MAX_FRAME => {
-                let mut joined = BytesMut::with_capacity(
-                    MAX_FRAME.min(first.len() + state.queue.iter().map(Bytes::len).sum::<usize>()),
-                );
+            Some(next) if first.len() + next.frame.len() <= MAX_FRAME => {
+                let queued = state.queue.iter().map(|q| q.frame.len()).sum::<usize>();
+                let mut joined = BytesMut::with_capacity(MAX_FRAME.min(first.len() + queued));
                 joined.extend_from_slice(&first);
                 while let Some(next) = state.queue.front() {
-                    if joined.len() + next.len() > MAX_FRAME {
+                    if joined.len() + next.frame.len() > MAX_FRAME {
                         break;
                     }
-                    joined.extend_from_slice(next);
-                    state.queue.pop_front();
+                    if let Some(next) = state.pop() {
+                        joined.extend_from_slice(&next);
+                    }
                 }
                 joined.freeze()
             }
             _ => first,
         };
         state.full_since = None;
+        // A closing stream's timer waits for the queue to empty.
+        let drained = state.phase != Phase::Open && state.queue.is_empty();
         drop(state);
-        if was_full {
+        if was_full || drained {
             self.changed.notify_waiters();
         }
         Poll::Ready(Some(frame))
@@ -437,13 +538,59 @@ impl Shared {
     /// Whether the stream will produce no more frames.
     pub(crate) fn is_finished(&self) -> bool {
         let state = self.lock();
-        state.queue.is_empty() && (state.phase != Phase::Open || state.handles == 0)
+        state.queue.is_empty() && state.phase != Phase::Open
     }
 
     /// The body was dropped: the client is gone.
     pub(crate) fn body_dropped(self: &Arc<Self>) {
         self.end(Phase::Gone);
     }
+}
+
+impl State {
+    fn pop(&mut self) -> Option<Bytes> {
+        let queued = self.queue.pop_front()?;
+        self.counted -= usize::from(queued.counted);
+        Some(queued.frame)
+    }
+}
+
+/// The runtime a new stream runs on: the current one, if it has the time driver that
+/// keep-alive and the send timeout need. `None` outside a tokio runtime and on a runtime built
+/// without `enable_time`; the caller answers `500` then.
+pub(crate) fn stream_runtime() -> Option<Handle> {
+    let runtime = Handle::try_current().ok()?;
+    has_timers(&runtime).then_some(runtime)
+}
+
+/// Whether `runtime` has a time driver. tokio offers no way to ask but to make a timer, which
+/// panics without one; the answer is kept per runtime, so a runtime is asked once.
+fn has_timers(runtime: &Handle) -> bool {
+    use std::sync::OnceLock;
+    type Seen = Mutex<VecDeque<(tokio::runtime::Id, bool)>>;
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    let seen = SEEN.get_or_init(Mutex::default);
+    let id = runtime.id();
+    let known = seen
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .find(|(seen, _)| *seen == id)
+        .map(|(_, timers)| *timers);
+    if let Some(timers) = known {
+        return timers;
+    }
+    let timers = std::panic::catch_unwind(|| {
+        let _guard = runtime.enter();
+        drop(tokio::time::sleep(Duration::ZERO));
+    })
+    .is_ok();
+    let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if seen.len() >= 64 {
+        seen.pop_front();
+    }
+    seen.push_back((id, timers));
+    timers
 }
 
 fn wake(waker: Option<Waker>) {

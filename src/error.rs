@@ -7,9 +7,13 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PushError {
-    /// The stream has ended: the client went away, the stream was closed with
-    /// [`Connection::close`](crate::Connection::close), or the server is shutting down.
+    /// The client has gone: it closed the connection, or stopped reading for the send
+    /// timeout ([`EventSourceService::send_timeout`](crate::EventSourceService::send_timeout)).
     Disconnected,
+    /// This side ended the stream: [`Connection::close`](crate::Connection::close), a
+    /// [`Shutdown`](crate::Shutdown), a [`Broadcast`](crate::Broadcast) that found the client
+    /// too slow, or a handler that panicked.
+    Closed,
     /// The event cannot be encoded.
     Invalid(EncodeError),
 }
@@ -17,7 +21,8 @@ pub enum PushError {
 impl fmt::Display for PushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PushError::Disconnected => f.write_str("event stream has ended"),
+            PushError::Disconnected => f.write_str("event stream has ended: the client has gone"),
+            PushError::Closed => f.write_str("event stream has ended: it was closed"),
             PushError::Invalid(error) => write!(f, "invalid event: {error}"),
         }
     }
@@ -27,7 +32,7 @@ impl std::error::Error for PushError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PushError::Invalid(error) => Some(error),
-            PushError::Disconnected => None,
+            PushError::Disconnected | PushError::Closed => None,
         }
     }
 }
@@ -46,8 +51,10 @@ pub enum TryPushError {
     /// The connection's buffer is full: the client is reading more slowly than events are
     /// pushed. The event may be pushed again later.
     Full(Event),
-    /// The stream has ended; see [`PushError::Disconnected`].
+    /// The client has gone; see [`PushError::Disconnected`].
     Disconnected(Event),
+    /// This side ended the stream; see [`PushError::Closed`].
+    Closed(Event),
     /// The event cannot be encoded.
     Invalid(EncodeError),
 }
@@ -56,7 +63,9 @@ impl TryPushError {
     /// The event that was not sent, unless it was invalid.
     pub fn into_event(self) -> Option<Event> {
         match self {
-            TryPushError::Full(event) | TryPushError::Disconnected(event) => Some(event),
+            TryPushError::Full(event)
+            | TryPushError::Disconnected(event)
+            | TryPushError::Closed(event) => Some(event),
             TryPushError::Invalid(_) => None,
         }
     }
@@ -66,7 +75,10 @@ impl fmt::Display for TryPushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TryPushError::Full(_) => f.write_str("connection buffer is full"),
-            TryPushError::Disconnected(_) => f.write_str("event stream has ended"),
+            TryPushError::Disconnected(_) => {
+                f.write_str("event stream has ended: the client has gone")
+            }
+            TryPushError::Closed(_) => f.write_str("event stream has ended: it was closed"),
             TryPushError::Invalid(error) => write!(f, "invalid event: {error}"),
         }
     }

@@ -127,7 +127,7 @@ mod service;
 mod shutdown;
 
 pub use body::EventStreamBody;
-pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, SlowClient};
+pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, SlowClient};
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};

@@ -749,6 +749,9 @@ impl Hub {
     async fn subscribe(&self, key: &str, conn: &Connection, cursor: Option<&str>) -> Resume {
         let shard = self.shard(key);
         let common = &self.common;
+        if conn.has_unusable_last_event_id() {
+            return shard.reset(common, key, conn);
+        }
         let Some(cursor) = cursor else {
             let mut state = shard.lock();
             return common.key_hub(&mut state, key).subscribe_from(conn, None);

@@ -2,7 +2,7 @@
 
 use crate::{
     body::EventStreamBody,
-    connection::{Limits, Shared},
+    connection::{stream_runtime, LastEventId, Limits, Shared},
     Connection, Event, Shutdown,
 };
 use http::{
@@ -22,9 +22,6 @@ use tower_service::Service;
 
 /// Longest keep-alive interval or send timeout; longer ones are taken as this.
 const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-
-/// Longest `Last-Event-ID` value, in bytes, that reaches [`Connection::last_event_id`].
-const MAX_LAST_EVENT_ID: usize = 1024;
 
 type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 
@@ -270,18 +267,14 @@ impl<H> EventSourceService<H> {
         let body = if req.method() == Method::HEAD {
             EventStreamBody::empty()
         } else {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let Some(runtime) = stream_runtime() else {
                 return empty(StatusCode::INTERNAL_SERVER_ERROR);
             };
-            let last_event_id = req
-                .headers()
-                .get("last-event-id")
-                .filter(|value| value.len() <= MAX_LAST_EVENT_ID)
-                .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
-                .map(Box::from);
-            let (conn, shared) = Connection::new(Arc::clone(&config.limits), last_event_id);
+            let last_event_id = LastEventId::from_headers(req.headers());
+            let (conn, shared) =
+                Connection::new(Arc::clone(&config.limits), last_event_id, runtime.clone());
             if let Some(retry) = config.retry {
-                conn.send_unbounded(&[Event::new().retry(retry).finish()]);
+                conn.send_unbounded([Event::new().retry(retry).finish()]);
             }
             let open = config
                 .shutdown
@@ -409,7 +402,7 @@ impl Drop for PanicGuard {
         if std::thread::panicking() {
             #[cfg(feature = "tracing")]
             tracing::error!("event-stream handler panicked; its stream was ended");
-            self.0.shut_down(None);
+            self.0.close_here(None);
         }
     }
 }

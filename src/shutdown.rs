@@ -91,7 +91,7 @@ impl Shutdown {
             std::mem::take(&mut registry.streams)
         };
         for stream in streams.iter().filter_map(Weak::upgrade) {
-            stream.shut_down(farewell.as_ref());
+            stream.close_here(farewell.as_ref());
         }
     }
 
@@ -102,7 +102,7 @@ impl Shutdown {
         if let Some(farewell) = &registry.triggered {
             let farewell = farewell.clone();
             drop(registry);
-            stream.shut_down(farewell.as_ref());
+            stream.close_here(farewell.as_ref());
             return false;
         }
         if registry.streams.len() >= registry.prune_at {

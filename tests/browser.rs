@@ -139,7 +139,7 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
     )?;
     let newest = http.messages().await?.last().cloned().unwrap_or_default();
     ensure(
-        shown.last_id.parse().ok() == newest["id"].as_u64(),
+        newest["id"].as_str() == Some(shown.last_id.as_str()),
         format!("the last event id should be the newest message's, {newest}: {shown:?}"),
     )?;
     let after = http.stats().await?;

@@ -412,7 +412,7 @@ async fn a_panicking_handler_ends_only_its_own_stream() {
     })
     .await
     .unwrap();
-    assert_eq!(hub.send("after"), Ok(1));
+    assert_eq!(hub.send("after").map(|sent| sent.reached()), Ok(1));
     assert_eq!(next_frame(healthy.body_mut()).await, "data: after\n\n");
     let mut again = open(addr, None).await;
     assert_eq!(next_frame(again.body_mut()).await, "data: before\n\n");

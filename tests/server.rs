@@ -5,60 +5,23 @@
 mod common;
 
 use common::{
-    assert_ends, handover, message, next_connection, next_event, read_events, Client, Proto, BOUND,
+    assert_ends, handover, message, next_connection, next_event, read_events, serve, Client, Proto,
+    BOUND,
 };
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use std::{
-    convert::Infallible,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{mpsc, Notify},
     time::timeout,
 };
-use tower_eventsource::{
-    Connection, Event, EventSourceService, EventStreamBody, PushError, TryPushError,
-};
-
-/// Serves `service` on 127.0.0.1 with hyper-util's auto builder (HTTP/1.1, and HTTP/2 when the
-/// client opens with the HTTP/2 preface). The server stops with the test's runtime.
-async fn serve<S>(service: S) -> SocketAddr
-where
-    S: tower::Service<Request<Incoming>, Response = Response<EventStreamBody>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use tower_eventsource::{Connection, Event, EventSourceService, PushError, TryPushError};
 
 // --- The response head comes before any event -------------------------------------------
 

@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{handover, next_connection};
+use futures_util::StreamExt;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -192,10 +193,10 @@ async fn close_is_idempotent_sends_what_was_queued_and_later_pushes_fail() {
     timeout(BOUND, clone.closed())
         .await
         .expect("closed() resolves");
-    assert_eq!(conn.push("after").await, Err(PushError::Disconnected));
+    assert_eq!(conn.push("after").await, Err(PushError::Closed));
     assert!(matches!(
         clone.try_push("after"),
-        Err(TryPushError::Disconnected(_))
+        Err(TryPushError::Closed(_))
     ));
     // The handles are still alive: the body ends because of close(), not because they dropped.
     assert_eq!(body_string(response).await, "data: before\n\n");
@@ -397,40 +398,37 @@ async fn check_refuses_with_its_status_and_the_handler_does_not_run() {
 async fn last_event_id_is_read_as_utf8_up_to_1024_bytes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let service = handover::<()>(tx);
-    let cases: Vec<(Option<HeaderValue>, Option<String>)> = vec![
-        (None, None),
-        (Some(HeaderValue::from_static("42")), Some("42".into())),
-        (Some(HeaderValue::from_static("")), Some("".into())),
+    // (headers, the id the handler sees, whether the header was present but unusable)
+    let id = |value: &[u8]| vec![HeaderValue::from_bytes(value).unwrap()];
+    let cases: Vec<(Vec<HeaderValue>, Option<String>, bool)> = vec![
+        (vec![], None, false),
+        (id(b"42"), Some("42".into()), false),
+        // An empty header is what a browser whose last id was reset would send: absent.
+        (id(b""), None, false),
+        (id("ü-€-漢-🦀".as_bytes()), Some("ü-€-漢-🦀".into()), false),
+        (id(b"\xff\xfe"), None, true),
+        (id(b"abc\xc3"), None, true), // truncated UTF-8
         (
-            Some(HeaderValue::from_bytes("ü-€-漢-🦀".as_bytes()).unwrap()),
-            Some("ü-€-漢-🦀".into()),
-        ),
-        (Some(HeaderValue::from_bytes(b"\xff\xfe").unwrap()), None),
-        (
-            Some(HeaderValue::from_bytes(b"abc\xc3").unwrap()), // truncated UTF-8
-            None,
-        ),
-        (
-            Some(HeaderValue::from_str(&"a".repeat(1024)).unwrap()),
+            id("a".repeat(1024).as_bytes()),
             Some("a".repeat(1024)),
+            false,
         ),
-        (
-            Some(HeaderValue::from_str(&"a".repeat(1025)).unwrap()),
-            None,
-        ),
+        (id("a".repeat(1025).as_bytes()), None, true),
+        ([id(b"1"), id(b"2")].concat(), None, true), // which one?
     ];
-    for (header_value, want) in cases {
+    for (values, want, unusable) in cases {
         let mut req = request(Method::GET);
-        if let Some(value) = header_value.clone() {
+        for value in &values {
             req.headers_mut()
-                .insert(HeaderName::from_static("last-event-id"), value);
+                .append(HeaderName::from_static("last-event-id"), value.clone());
         }
         let _response = service.clone().oneshot(req).await.unwrap();
         let conn = next_connection(&mut rx).await;
+        assert_eq!(conn.last_event_id(), want.as_deref(), "headers {values:?}");
         assert_eq!(
-            conn.last_event_id(),
-            want.as_deref(),
-            "header {header_value:?}"
+            conn.has_unusable_last_event_id(),
+            unusable,
+            "headers {values:?}"
         );
     }
 }
@@ -668,4 +666,24 @@ fn errors_are_displayed_and_chained() {
     let full = TryPushError::Full(Event::from("x"));
     assert!(!full.to_string().is_empty());
     assert_eq!(full.into_event().unwrap().encode().unwrap(), "data: x\n\n");
+}
+
+#[tokio::test]
+async fn queued_events_are_joined_into_frames_of_at_most_64_kib_never_splitting_one() {
+    let events = EventSourceService::new(|conn: Connection, _req: Request<()>| async move {
+        // Each event is 100 bytes on the wire: "data: " + 92 bytes + "\n\n".
+        for _ in 0..1000 {
+            conn.try_push("x".repeat(92)).unwrap();
+        }
+    })
+    .buffer(1000);
+    let response = events.oneshot(Request::new(())).await.unwrap();
+    let sizes: Vec<usize> = response
+        .into_body()
+        .into_data_stream()
+        .map(|frame| frame.unwrap().len())
+        .collect()
+        .await;
+    // 655 whole events fit in 64 KiB (65,536 bytes); the rest follow in the next frame.
+    assert_eq!(sizes, [65_500, 34_500]);
 }

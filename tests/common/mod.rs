@@ -1,6 +1,6 @@
 //! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
 //! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
-//! Also a handler that hands each connection to the test. Not a test on its own; used by
+//! Also a hyper server for a service, and a handler that hands each connection to the test. Not a test on its own; used by
 //! `tests/server.rs`, `tests/axum_tower_http.rs`, `tests/service.rs`, `tests/lifecycle.rs` and
 //! `tests/churn.rs`.
 
@@ -15,9 +15,18 @@ use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::{net::SocketAddr, pin::Pin, time::Duration};
-use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use std::{convert::Infallible, net::SocketAddr, pin::Pin, time::Duration};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+    time::timeout,
+};
+use tower_eventsource::EventStreamBody;
 
 /// Upper bound for things that should happen at once on 127.0.0.1; only reached when a test
 /// fails, so a slow machine does not make the tests flaky.
@@ -194,4 +203,33 @@ pub(crate) async fn next_data_frame(body: &mut Incoming) -> Bytes {
             return data;
         }
     }
+}
+
+/// Serves `service` on 127.0.0.1 with hyper-util's auto builder (HTTP/1.1, and HTTP/2 when the
+/// client opens with the HTTP/2 preface). The server stops with the test's runtime.
+pub(crate) async fn serve<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<Request<Incoming>, Response = Response<EventStreamBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
