@@ -126,14 +126,16 @@ mod redis;
 mod service;
 mod shutdown;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use crate::redis::{
+    PublishError, RedisBroadcast, RedisBuilder, RedisKeyedBroadcast, RedisStats,
+};
 pub use body::EventStreamBody;
 pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, SlowClient};
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use crate::redis::{PublishError, RedisBroadcast, RedisBuilder, RedisKeyedBroadcast, RedisStats};
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 

@@ -352,7 +352,11 @@ impl RedisKeyedBroadcast {
     /// # Errors
     ///
     /// As [`RedisBroadcast::publish`].
-    pub async fn publish(&self, key: &str, event: impl Into<Event>) -> Result<String, PublishError> {
+    pub async fn publish(
+        &self,
+        key: &str,
+        event: impl Into<Event>,
+    ) -> Result<String, PublishError> {
         self.hub.publish(key, None, event.into()).await
     }
 
@@ -380,7 +384,12 @@ impl RedisKeyedBroadcast {
     }
 
     /// Like [`subscribe`](Self::subscribe), resuming after `cursor`.
-    pub async fn subscribe_from(&self, key: &str, conn: &Connection, cursor: Option<&str>) -> Resume {
+    pub async fn subscribe_from(
+        &self,
+        key: &str,
+        conn: &Connection,
+        cursor: Option<&str>,
+    ) -> Resume {
         self.hub.subscribe(key, conn, cursor).await
     }
 
@@ -434,7 +443,8 @@ impl Pos {
 
     fn parse(text: &str) -> Option<Pos> {
         let (ms, seq) = text.split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return None;
         }
@@ -608,7 +618,11 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    async fn start(builder: RedisBuilder, streams: Vec<String>, keyed: bool) -> Result<Arc<Hub>, RedisError> {
+    async fn start(
+        builder: RedisBuilder,
+        streams: Vec<String>,
+        keyed: bool,
+    ) -> Result<Arc<Hub>, RedisError> {
         let publisher = builder
             .client
             .get_connection_manager_with_config(
@@ -683,7 +697,12 @@ impl Hub {
         &self.shards[shard_of(key, self.shards.len())]
     }
 
-    async fn publish(&self, key: &str, idempotency: Option<&str>, event: Event) -> Result<String, PublishError> {
+    async fn publish(
+        &self,
+        key: &str,
+        idempotency: Option<&str>,
+        event: Event,
+    ) -> Result<String, PublishError> {
         let encoded = event.encode().map_err(PublishError::Invalid)?;
         // Without the blank line that ends it: each reader appends the id, then the blank line.
         let fields = &encoded[..encoded.len().saturating_sub(1)];
@@ -716,7 +735,7 @@ impl Hub {
     async fn recent(&self, count: usize) -> Result<Vec<(String, Bytes)>, RedisError> {
         let shard = &self.shards[0];
         let mut conn = self.common.publisher.clone();
-        let (epoch, newest): (Option<String>, StreamRangeReply) = ::redis::pipe()
+        let read = ::redis::pipe()
             .cmd("HGET")
             .arg(&shard.meta)
             .arg("epoch")
@@ -726,8 +745,13 @@ impl Hub {
             .arg("-")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut conn)
-            .await?;
+            .clone();
+        // A read is safe to repeat: once, for a connection that broke since its last use.
+        let (epoch, newest): (Option<String>, StreamRangeReply) =
+            match read.query_async(&mut conn).await {
+                Ok(reply) => reply,
+                Err(_) => read.query_async(&mut conn).await?,
+            };
         let Some(epoch) = epoch else {
             return Ok(Vec::new());
         };
@@ -765,7 +789,9 @@ impl Hub {
             let mut state = shard.lock();
             if state.epoch() == epoch && pos <= state.last {
                 let hub = common.key_hub(&mut state, key);
-                if let Some(resume) = hub.subscribe_with(conn, |window| local_plan(window, epoch, pos)) {
+                if let Some(resume) =
+                    hub.subscribe_with(conn, |window| local_plan(window, epoch, pos))
+                {
                     common.stats.resumed_locally.fetch_add(1, Ordering::Relaxed);
                     return resume;
                 }
@@ -776,7 +802,7 @@ impl Hub {
         // this server's history.
         common.stats.resume_calls.fetch_add(1, Ordering::Relaxed);
         let mut redis = common.publisher.clone();
-        let fetched: Result<(Option<String>, StreamRangeReply), RedisError> = ::redis::pipe()
+        let read = ::redis::pipe()
             .cmd("HGET")
             .arg(&shard.meta)
             .arg("epoch")
@@ -786,17 +812,29 @@ impl Hub {
             .arg("+")
             .arg("COUNT")
             .arg(common.replay_limit.saturating_add(1))
-            .query_async(&mut redis)
-            .await;
+            .clone();
+        // A read is safe to repeat: once, for a connection that broke since its last use.
+        let mut fetched: Result<(Option<String>, StreamRangeReply), RedisError> =
+            read.query_async(&mut redis).await;
+        if fetched.is_err() {
+            fetched = read.query_async(&mut redis).await;
+        }
         let Ok((Some(current), page)) = fetched else {
             return shard.reset(common, key, conn);
         };
         let mut entries: Vec<Entry> = page.ids.into_iter().filter_map(Entry::from_redis).collect();
-        if current != epoch || entries.first().is_none_or(|first| first.pos != pos || first.epoch.as_deref() != Some(epoch)) {
+        if current != epoch
+            || entries
+                .first()
+                .is_none_or(|first| first.pos != pos || first.epoch.as_deref() != Some(epoch))
+        {
             return shard.reset(common, key, conn);
         }
         // Stop at an entry of another epoch: the stream was recreated after it.
-        if let Some(other) = entries.iter().position(|e| e.epoch.as_deref() != Some(epoch)) {
+        if let Some(other) = entries
+            .iter()
+            .position(|e| e.epoch.as_deref() != Some(epoch))
+        {
             entries.truncate(other);
         }
         let reached = entries.last().map_or(pos, |entry| entry.pos);
@@ -811,7 +849,8 @@ impl Hub {
                     let hub = common.key_hub(&mut state, key);
                     let resume = hub.subscribe_with(conn, |window| {
                         local_plan(window, epoch, pos).or_else(|| {
-                            let (_, before) = parse_cursor(window.before()).filter(|(e, _)| *e == epoch)?;
+                            let (_, before) =
+                                parse_cursor(window.before()).filter(|(e, _)| *e == epoch)?;
                             if reached < before {
                                 return None;
                             }
@@ -825,14 +864,20 @@ impl Hub {
                     });
                     return match resume {
                         Some(resume) => {
-                            common.stats.resumed_from_redis.fetch_add(1, Ordering::Relaxed);
+                            common
+                                .stats
+                                .resumed_from_redis
+                                .fetch_add(1, Ordering::Relaxed);
                             resume
                         }
                         None => hub.subscribe_reset(conn),
                     };
                 }
             }
-            if tokio::time::timeout_at(deadline, progress.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
                 return shard.reset(common, key, conn);
             }
         }
@@ -916,7 +961,9 @@ impl Common {
         };
         match &self.reset {
             // Validated by `RedisBuilder::reset_event`.
-            Some(reset) => builder().reset_event(reset.clone()).unwrap_or_else(|_| builder()),
+            Some(reset) => builder()
+                .reset_event(reset.clone())
+                .unwrap_or_else(|_| builder()),
             None => builder(),
         }
         .build()
@@ -927,7 +974,9 @@ impl Shard {
     fn lock(&self) -> MutexGuard<'_, ShardState> {
         // The lock is never held across user code, so a poisoned lock still holds a
         // consistent state.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn reset(&self, common: &Common, key: &str, conn: &Connection) -> Resume {
@@ -936,7 +985,13 @@ impl Shard {
     }
 
     /// Handles what one round of the reader found.
-    fn apply(&self, common: &Common, meta: Option<String>, first: Option<Pos>, read: Vec<StreamId>) {
+    fn apply(
+        &self,
+        common: &Common,
+        meta: Option<String>,
+        first: Option<Pos>,
+        read: Vec<StreamId>,
+    ) {
         let mut state = self.lock();
         let state = &mut *state;
         match (meta, &state.epoch) {
@@ -1025,7 +1080,11 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
     loop {
         let redis = match &mut conn {
             Some(redis) => redis,
-            None => match common.client.get_multiplexed_async_connection_with_config(&config).await {
+            None => match common
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
                 Ok(redis) => conn.insert(redis),
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
@@ -1035,27 +1094,29 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
             },
         };
         let last = shard.lock().last;
-        let result: Result<(Option<String>, StreamRangeReply, Option<StreamReadReply>), RedisError> =
-            ::redis::pipe()
-                .cmd("HGET")
-                .arg(&shard.meta)
-                .arg("epoch")
-                .cmd("XRANGE")
-                .arg(&shard.stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("XREAD")
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(block_ms)
-                .arg("STREAMS")
-                .arg(&shard.stream)
-                .arg(last.to_string())
-                .query_async(redis)
-                .await;
+        let result: Result<
+            (Option<String>, StreamRangeReply, Option<StreamReadReply>),
+            RedisError,
+        > = ::redis::pipe()
+            .cmd("HGET")
+            .arg(&shard.meta)
+            .arg("epoch")
+            .cmd("XRANGE")
+            .arg(&shard.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&shard.stream)
+            .arg(last.to_string())
+            .query_async(redis)
+            .await;
         match result {
             Ok((meta, first, read)) => {
                 backoff = BACKOFF.0;
@@ -1068,7 +1129,10 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
                 shard.apply(&common, meta, first, read);
             }
             Err(_) => {
-                common.stats.reader_reconnects.fetch_add(1, Ordering::Relaxed);
+                common
+                    .stats
+                    .reader_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
                 conn = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF.1);
