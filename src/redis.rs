@@ -984,14 +984,15 @@ impl Shard {
         common.key_hub(&mut state, key).subscribe_reset(conn)
     }
 
-    /// Handles what one round of the reader found.
+    /// Handles what one look of the reader found; `true` when it moved the reader without
+    /// reading (a new stream, or a trim past it), so that it looks again at once.
     fn apply(
         &self,
         common: &Common,
         meta: Option<String>,
         first: Option<Pos>,
         read: Vec<StreamId>,
-    ) {
+    ) -> bool {
         let mut state = self.lock();
         let state = &mut *state;
         match (meta, &state.epoch) {
@@ -999,18 +1000,18 @@ impl Shard {
                 // A new stream: whatever this server had not read of the old one is lost.
                 common.stats.stream_resets.fetch_add(1, Ordering::Relaxed);
                 Self::restart(state, meta, true);
-                return;
+                return true;
             }
             (Some(meta), None) => {
                 // The first event of a stream that was empty: nothing was missed.
                 Self::restart(state, meta, false);
-                return;
+                return true;
             }
             (None, Some(_)) if first.is_none() && state.last != Pos::ZERO => {
                 // The stream is gone; a new one starts its ids afresh, so read it from the
                 // start once its epoch shows.
                 state.last = Pos::ZERO;
-                return;
+                return true;
             }
             _ => {}
         }
@@ -1023,7 +1024,7 @@ impl Shard {
                 for key in state.keys.values() {
                     key.hub.restart_after(&start, true);
                 }
-                return;
+                return true;
             }
         }
         for entry in read.into_iter().filter_map(Entry::from_redis) {
@@ -1041,6 +1042,7 @@ impl Shard {
                 key.hub.send_frame(&id, entry.frame(&id));
             }
         }
+        false
     }
 
     /// Starts over with the stream of `epoch`, from its first entry.
@@ -1093,11 +1095,15 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
                 }
             },
         };
+        // One atomic look: the epoch, the oldest entry (to prove nothing after the last one
+        // handled was trimmed) and the entries after it, read together so that no trim can
+        // fall in between.
         let last = shard.lock().last;
         let result: Result<
             (Option<String>, StreamRangeReply, Option<StreamReadReply>),
             RedisError,
         > = ::redis::pipe()
+            .atomic()
             .cmd("HGET")
             .arg(&shard.meta)
             .arg("epoch")
@@ -1110,23 +1116,23 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
             .cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(block_ms)
             .arg("STREAMS")
             .arg(&shard.stream)
             .arg(last.to_string())
             .query_async(redis)
             .await;
-        match result {
+        let idle = match result {
             Ok((meta, first, read)) => {
                 backoff = BACKOFF.0;
                 let first = first.ids.first().and_then(|entry| Pos::parse(&entry.id));
-                let read = read
+                let read: Vec<StreamId> = read
                     .into_iter()
                     .flat_map(|reply| reply.keys)
                     .flat_map(|key| key.ids)
                     .collect();
-                shard.apply(&common, meta, first, read);
+                let found = !read.is_empty();
+                let moved = shard.apply(&common, meta, first, read);
+                !found && !moved
             }
             Err(_) => {
                 common
@@ -1136,6 +1142,29 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
                 conn = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF.1);
+                false
+            }
+        };
+        if let (true, Some(redis)) = (idle, &mut conn) {
+            // Nothing new: wait (bounded) until there is, then look again. What this read
+            // returns is read again by the atomic look.
+            let last = shard.lock().last;
+            let waited: Result<Value, RedisError> = ::redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&shard.stream)
+                .arg(last.to_string())
+                .query_async(redis)
+                .await;
+            if waited.is_err() {
+                common
+                    .stats
+                    .reader_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                conn = None;
             }
         }
         round += 1;

@@ -446,6 +446,41 @@ async fn trimming_past_a_cursor_gets_the_reset_and_delivery_goes_on() {
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
+async fn a_stream_trimmed_past_the_reader_gets_one_reset_and_delivery_goes_on() {
+    let redis = RedisServer::start().await;
+    let a = builder(&redis).build().await.unwrap();
+    let b = builder(&redis).build().await.unwrap();
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_client, mut events) =
+        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+    publish(&a, "1").await;
+    let seen = expect(&mut events, &["1"]).await;
+    // Three entries added and all but the last trimmed at once, before any reader can see
+    // them: the stream no longer proves that nothing after "1" is missing.
+    let _: () = redis::Script::new(
+        "local epoch = redis.call('HGET', KEYS[2], 'epoch')
+         for _, data in ipairs(ARGV) do
+           redis.call('XADD', KEYS[1], '*', 'e', epoch, 'k', '', 'f', 'data: ' .. data .. '\\n')
+         end
+         redis.call('XTRIM', KEYS[1], 'MAXLEN', 1)",
+    )
+    .key("{chat}")
+    .key("{chat}:meta")
+    .arg(&["2", "3", "4"][..])
+    .invoke_async(&mut redis.conn().await)
+    .await
+    .unwrap();
+    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, "5"));
+    wait_for(|| b.stats().stream_resets == 1).await;
+    let id = publish(&a, "5").await;
+    let (resets, reset_id, texts) = follower.await.unwrap();
+    assert_eq!(resets, 1);
+    assert_ne!(reset_id, id);
+    assert_eq!(texts, ["5"]);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
 async fn deleting_the_stream_gets_one_reset_and_delivery_goes_on() {
     let redis = RedisServer::start().await;
     let a = builder(&redis).build().await.unwrap();
