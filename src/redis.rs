@@ -64,8 +64,25 @@ const NO_EPOCH: &str = "0";
 /// them reaches the subscribers of all of them, in one order, with the same ids.
 ///
 /// Built with [`RedisBroadcast::builder`]; cloning is cheap (clones share everything). The
-/// reader task ends when the last clone is dropped. See [Scale-out](crate#scale-out-redis)
+/// reader task ends when the last clone is dropped. See [Scale-out](crate#scale-out-with-redis)
 /// for how events flow, what a reconnecting browser gets, and what happens when Redis fails.
+///
+/// ```no_run
+/// use tower_eventsource::{Connection, EventSourceService, RedisBroadcast};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+/// let hub = RedisBroadcast::builder(client, "chat").max_len(10_000).build().await?;
+/// let events = EventSourceService::new({
+///     let hub = hub.clone();
+///     move |conn: Connection, _req: http::Request<()>| {
+///         let hub = hub.clone();
+///         async move { hub.subscribe(&conn).await; } // local history, else Redis, else reset
+///     }
+/// });
+/// let id = hub.publish("hello").await?; // stored in Redis; every server delivers it
+/// # drop((events, id)); Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisBroadcast {
     hub: Arc<Hub>,
@@ -313,7 +330,7 @@ impl RedisBroadcast {
 
     /// Subscribes `conn`, first replaying what it missed since its `Last-Event-ID`, from this
     /// server's history or else from Redis, or sending the reset event when that cannot be
-    /// proven complete; see [Scale-out](crate#scale-out-redis).
+    /// proven complete; see [Scale-out](crate#scale-out-with-redis).
     pub async fn subscribe(&self, conn: &Connection) -> Resume {
         self.hub.subscribe("", conn, conn.last_event_id()).await
     }
