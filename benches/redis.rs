@@ -5,7 +5,7 @@
 //! port. Run with `cargo bench --bench redis --features redis`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(unreachable_pub)]
 mod common;
 
 use axum::{body::Body, Router};
