@@ -3,6 +3,9 @@
 //! stream resumes where it left off, with no message missing or repeated.
 //!
 //! Run it with `cargo run --example chat` and open <http://127.0.0.1:3000> in two windows.
+//! With `--features redis -- --redis redis://127.0.0.1:6379/`, several chat servers (on other
+//! `--port`s) share one hub through Redis: a message posted on any appears on all, and
+//! `POST /messages` answers `503` while Redis is unreachable.
 //! The port can be chosen with `--port N` or the `PORT` environment variable (`0` picks a free
 //! one); the first line printed is `listening on http://127.0.0.1:PORT`.
 //!
@@ -36,6 +39,8 @@ use std::{
     },
     time::Duration,
 };
+#[cfg(feature = "redis")]
+use tower_eventsource::RedisBroadcast;
 use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
 
 /// How many messages `GET /messages` returns.
@@ -45,6 +50,10 @@ const MAX_MESSAGE: usize = 1000;
 
 struct App {
     hub: Broadcast,
+    /// With `--redis URL`: the hub shared with every chat server on that Redis, used instead
+    /// of `hub`.
+    #[cfg(feature = "redis")]
+    redis: Option<RedisBroadcast>,
     chat: Mutex<Chat>,
     /// Set by `POST /admin/stop`: `/events` answers 204 from then on.
     stopped: AtomicBool,
@@ -79,16 +88,42 @@ struct Stats {
 
 #[tokio::main]
 async fn main() {
-    let port = match port() {
-        Ok(port) => port,
+    let (port, redis_url) = match options() {
+        Ok(options) => options,
         Err(message) => {
-            eprintln!("{message}\nusage: chat [--port N]   (or set PORT; the default is 3000)");
+            eprintln!(
+                "{message}\nusage: chat [--port N] [--redis URL]   (or set PORT; the default is 3000; --redis needs --features redis)"
+            );
             std::process::exit(2);
         }
     };
+    #[cfg(feature = "redis")]
+    let redis = match redis_url {
+        None => None,
+        Some(url) => {
+            let built = match redis::Client::open(url.as_str()) {
+                Ok(client) => RedisBroadcast::builder(client, "chat").build().await,
+                Err(error) => Err(error),
+            };
+            match built {
+                Ok(hub) => Some(hub),
+                Err(error) => {
+                    eprintln!("cannot use Redis at {url}: {error}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    };
+    #[cfg(not(feature = "redis"))]
+    if redis_url.is_some() {
+        eprintln!("--redis needs the example built with --features redis");
+        std::process::exit(2);
+    }
 
     let app = Arc::new(App {
         hub: Broadcast::builder().history(1000).build(),
+        #[cfg(feature = "redis")]
+        redis,
         chat: Mutex::new(Chat {
             recent: VecDeque::new(),
         }),
@@ -106,14 +141,24 @@ async fn main() {
             let after = req
                 .uri()
                 .query()
-                .and_then(|query| query.strip_prefix("after="));
-            app.hub
-                .subscribe_from(&conn, conn.last_event_id().or(after));
-            // A stream that subscribed just after `POST /admin/stop` closed the others.
-            if app.stopped.load(Ordering::SeqCst) {
-                conn.close();
+                .and_then(|query| query.strip_prefix("after="))
+                .map(str::to_owned);
+            let app = Arc::clone(&app);
+            async move {
+                let cursor = conn.last_event_id().or(after.as_deref());
+                #[cfg(feature = "redis")]
+                if let Some(redis) = &app.redis {
+                    redis.subscribe_from(&conn, cursor).await;
+                } else {
+                    app.hub.subscribe_from(&conn, cursor);
+                }
+                #[cfg(not(feature = "redis"))]
+                app.hub.subscribe_from(&conn, cursor);
+                // A stream that subscribed just after `POST /admin/stop` closed the others.
+                if app.stopped.load(Ordering::SeqCst) {
+                    conn.close();
+                }
             }
-            async {}
         }
     })
     .retry(Duration::from_millis(500))
@@ -154,25 +199,42 @@ async fn main() {
     axum::serve(listener, router).await.expect("server");
 }
 
-/// The port from `--port N`, else from `PORT`, else 3000.
-fn port() -> Result<u16, String> {
+/// The port from `--port N`, else from `PORT`, else 3000; and the URL of `--redis URL`.
+fn options() -> Result<(u16, Option<String>), String> {
     let parse = |value: &str| {
         value
             .parse::<u16>()
             .map_err(|_| format!("invalid port {value:?}"))
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => std::env::var("PORT").map_or(Ok(3000), |value| parse(&value)),
-        [flag, value] if flag == "--port" => parse(value),
-        _ => Err(format!("unexpected arguments {args:?}")),
+    let (mut port, mut redis) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--port" => port = Some(parse(&value)?),
+            "--redis" => redis = Some(value),
+            _ => return Err(format!("unexpected argument {flag:?}")),
+        }
     }
+    let port = match port {
+        Some(port) => port,
+        None => std::env::var("PORT").map_or(Ok(3000), |value| parse(&value))?,
+    };
+    Ok((port, redis))
 }
 
 /// `POST /messages`: the body is the message text.
 async fn post_message(State(app): State<Arc<App>>, text: String) -> StatusCode {
     if text.trim().is_empty() || text.chars().count() > MAX_MESSAGE {
         return StatusCode::BAD_REQUEST;
+    }
+    // On Redis, every server (this one too) delivers the message from the stream.
+    #[cfg(feature = "redis")]
+    if let Some(redis) = &app.redis {
+        return match redis.publish(Event::new().data(&text)).await {
+            Ok(_) => StatusCode::NO_CONTENT,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
     }
     // The lock keeps the recent list in the same order as the stream.
     let mut chat = app.chat.lock().unwrap();
@@ -189,13 +251,40 @@ async fn post_message(State(app): State<Arc<App>>, text: String) -> StatusCode {
 }
 
 /// `GET /messages`: the recent messages, oldest first, as `[{"id": "1", "text": "hi"}, ...]`.
-async fn recent_messages(State(app): State<Arc<App>>) -> Json<Vec<Message>> {
-    Json(app.chat.lock().unwrap().recent.iter().cloned().collect())
+async fn recent_messages(State(app): State<Arc<App>>) -> Result<Json<Vec<Message>>, StatusCode> {
+    // On Redis, read from the stream, so that every server lists the same messages.
+    #[cfg(feature = "redis")]
+    if let Some(redis) = &app.redis {
+        let recent = redis
+            .recent(RECENT)
+            .await
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        return Ok(Json(
+            recent
+                .into_iter()
+                .map(|(id, frame)| Message {
+                    id,
+                    text: String::from_utf8_lossy(&frame)
+                        .lines()
+                        .filter_map(|line| line.strip_prefix("data: "))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                })
+                .collect(),
+        ));
+    }
+    Ok(Json(
+        app.chat.lock().unwrap().recent.iter().cloned().collect(),
+    ))
 }
 
 /// `POST /admin/drop`: ends every stream; browsers reconnect and resume.
 async fn drop_streams(State(app): State<Arc<App>>) -> StatusCode {
     app.hub.close_all();
+    #[cfg(feature = "redis")]
+    if let Some(redis) = &app.redis {
+        redis.close_all();
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -203,11 +292,21 @@ async fn drop_streams(State(app): State<Arc<App>>) -> StatusCode {
 async fn stop(State(app): State<Arc<App>>) -> StatusCode {
     app.stopped.store(true, Ordering::SeqCst);
     app.hub.close_all();
+    #[cfg(feature = "redis")]
+    if let Some(redis) = &app.redis {
+        redis.close_all();
+    }
     StatusCode::NO_CONTENT
 }
 
 /// `GET /admin/stats`: the hub's counters and the number of requests to `/events`.
 async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
+    #[cfg(feature = "redis")]
+    let hub = app
+        .redis
+        .as_ref()
+        .map_or_else(|| app.hub.stats(), |redis| redis.stats().local);
+    #[cfg(not(feature = "redis"))]
     let hub = app.hub.stats();
     Json(Stats {
         subscribers: hub.subscribers,

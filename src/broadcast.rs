@@ -489,6 +489,121 @@ impl State {
     }
 }
 
+/// The history as seen by a hub fed from elsewhere (the `redis` feature): the id just before
+/// the oldest kept event, and the kept events' ids, oldest first.
+#[cfg(feature = "redis")]
+pub(crate) struct Window<'a> {
+    state: &'a State,
+}
+
+#[cfg(feature = "redis")]
+impl Window<'_> {
+    /// The id of the event just before the oldest one kept: the history holds every event
+    /// sent after it.
+    pub(crate) fn before(&self) -> &str {
+        &self.state.before_history
+    }
+
+    /// How many events are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.state.history.len()
+    }
+
+    /// The id of the kept event at `index`, oldest first.
+    pub(crate) fn id(&self, index: usize) -> &str {
+        &self.state.history[index].id
+    }
+}
+
+/// Hooks for hubs whose events and ids come from elsewhere (the `redis` feature).
+#[cfg(feature = "redis")]
+impl Broadcast {
+    /// Forgets the history, which from now on holds what is sent after `before`; with
+    /// `close`, also closes every subscriber's stream.
+    pub(crate) fn restart_after(&self, before: &str, close: bool) {
+        let subscribers = {
+            let mut state = self.lock();
+            state.history.clear();
+            state.history_size = 0;
+            state.before_history = before.into();
+            if close {
+                std::mem::take(&mut state.subscribers)
+            } else {
+                Vec::new()
+            }
+        };
+        for subscriber in subscribers {
+            subscriber.conn.close();
+        }
+    }
+
+    /// Keeps and delivers `frame`, an event already encoded with `id` as its last id field.
+    pub(crate) fn send_frame(&self, id: &str, frame: Bytes) -> usize {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if self.has_history() {
+            self.remember(state, id.into(), frame.clone());
+        } else {
+            state.before_history = id.into();
+        }
+        self.deliver(state, &frame)
+    }
+
+    /// Subscribes `conn` if `plan` finds where it resumes: `plan` returns the frames to replay
+    /// first and the index of the first kept event to replay after them. `None` when `plan`
+    /// found nothing: nothing was sent and `conn` is not subscribed.
+    pub(crate) fn subscribe_with(
+        &self,
+        conn: &Connection,
+        plan: impl FnOnce(&Window<'_>) -> Option<(Vec<Bytes>, usize)>,
+    ) -> Option<Resume> {
+        let mut state = self.lock();
+        if conn.is_in_hub(&self.inner.token) {
+            return Some(Resume::AlreadySubscribed);
+        }
+        if conn.is_closed() {
+            return Some(Resume::Ended);
+        }
+        let (mut frames, skip) = plan(&Window { state: &state })?;
+        frames.extend(state.history.range(skip..).map(|e| e.frame.clone()));
+        let count = frames.len();
+        if !conn.send_unbounded(frames) {
+            return Some(Resume::Ended);
+        }
+        state.stats.deliveries += count as u64;
+        self.add_subscriber(&mut state, conn);
+        Some(Resume::Replayed(count))
+    }
+
+    /// Sends `conn` the reset event, with the newest id, and subscribes it.
+    pub(crate) fn subscribe_reset(&self, conn: &Connection) -> Resume {
+        let mut state = self.lock();
+        if conn.is_in_hub(&self.inner.token) {
+            return Resume::AlreadySubscribed;
+        }
+        let newest = match state.history.back() {
+            Some(entry) => &entry.id,
+            None => &state.before_history,
+        };
+        let reset = self.inner.reset.clone().id(newest).finish();
+        if !conn.send_unbounded([reset]) {
+            return Resume::Ended;
+        }
+        state.stats.resets += 1;
+        self.add_subscriber(&mut state, conn);
+        Resume::Reset
+    }
+
+    fn add_subscriber(&self, state: &mut State, conn: &Connection) {
+        if state.subscribers.len() >= state.prune_at {
+            state.subscribers.retain(|s| !s.conn.is_closed());
+            state.prune_at = (state.subscribers.len() * 2).max(64);
+        }
+        conn.join_hub(&self.inner.token);
+        state.subscribers.push(Subscriber { conn: conn.clone() });
+    }
+}
+
 impl Default for Broadcast {
     fn default() -> Self {
         Self::new()

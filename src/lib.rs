@@ -253,6 +253,48 @@
 //! wait: the subscription has happened when its response arrives, and the test can send at
 //! once. In the service's handler, [`Broadcast::subscribe`] returns a [`Resume`] the handler
 //! can hand to the test, and [`Broadcast::stats`] counts the `subscribers`.
+
+//! # Scale-out with Redis
+//!
+//! With the `redis` feature, [`RedisBroadcast`] is a hub shared by several servers behind a load
+//! balancer through one Redis stream (Redis 7.0 or later; keys of one hub share a Redis
+//! Cluster hash slot). [`RedisBroadcast::publish`] appends the event to the stream
+//! (`XADD ... MAXLEN ~`, bounded by [`RedisBuilder::max_len`]) and returns its id; it never
+//! delivers by itself. Each server runs one reader task per stream, on a Redis connection of
+//! its own, which delivers every entry to the local subscribers, encoding it once per server:
+//! every server, the publishing one included, delivers the same events in the stream's order
+//! with the same ids. [`RedisKeyedBroadcast`] does the same for many keys (users, rooms,
+//! topics) spread over a fixed number of streams ([`RedisBuilder::shards`]), so each server
+//! reads a bounded number of streams however many keys there are.
+//!
+//! An id is `<epoch>-<entry id>`: the stream's entry id, and a random epoch that changes when
+//! the stream is lost or recreated (deleted, or Redis restarted without its data), so an id
+//! from any server is a cursor on every server, and a stale one is recognised as such. A
+//! reconnecting browser's `Last-Event-ID` is served:
+//!
+//! - from this server's history when it holds everything after the cursor (no Redis call);
+//! - else from Redis (`XRANGE` from the cursor, at most [`RedisBuilder::replay_limit`]
+//!   entries), when the cursor's entry is still in the stream, of the same epoch;
+//! - a cursor another server already delivered and this one has not yet read waits for this
+//!   server's reader (up to 3 seconds);
+//! - otherwise (trimmed, stream deleted or recreated, Redis restarted empty, forged, too far
+//!   behind) it gets the reset event, as with [`Broadcast`].
+//!
+//! The guarantee: each client gets every event once, in order, with no gap and no duplicate,
+//! or exactly one reset event, after which it gets every event after the reset's id. When a
+//! server's reader finds that it may have missed entries (a new epoch, or the stream trimmed
+//! past the last entry it read), it closes its subscribers' streams; they reconnect and get
+//! the reset event.
+//!
+//! While Redis is unreachable, open streams stay open (keep-alive goes on), publishing fails
+//! with [`PublishError::Redis`], resumes are served from local history where they can be, and
+//! the reader reconnects with backoff and goes on from the last entry it delivered. A failed
+//! publish may or may not have been stored: [`RedisBroadcast::publish_idempotent`] with the
+//! same key stores it exactly once however often it is retried. Whether Redis keeps what it
+//! acknowledged across a crash is Redis's setting: `appendonly yes` with `appendfsync always`
+//! loses nothing acknowledged; with less, a crash may lose the latest acknowledged events.
+//!
+//! A server started while Redis is unreachable fails at [`RedisBuilder::build`].
 //!
 //! # Feature flags
 //!
@@ -266,6 +308,10 @@
     doc = "[json_data]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.Event.html#method.json_data"
 )]
 
+//! - `redis`: [`RedisBroadcast`] and [`RedisKeyedBroadcast`], hubs shared by several servers
+//!   through Redis Streams, with the `redis` crate (see
+//!   [Scale-out with Redis](#scale-out-with-redis)).
+
 mod body;
 mod broadcast;
 mod connection;
@@ -273,11 +319,19 @@ mod error;
 mod event;
 mod event_source;
 mod keyed;
+
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod shutdown;
 #[cfg(test)]
 mod testing;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use crate::redis::{
+    PublishError, RedisBroadcast, RedisBuilder, RedisKeyedBroadcast, RedisStats,
+};
 pub use body::EventStreamBody;
 pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, SlowClient};
 pub use connection::Connection;
