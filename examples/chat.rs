@@ -159,7 +159,7 @@ async fn main() {
     // (its keep-alive comment is never acknowledged). A client that reads, however slowly,
     // acknowledges well within that; 30 s is also the send timeout. Without this, such a socket
     // and its kernel send buffer stay held as long as the client stays connected, or about
-    // 15 minutes for one that vanished.
+    // 16 minutes for one that vanished.
     #[cfg(target_os = "linux")]
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));

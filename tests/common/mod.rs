@@ -1,8 +1,8 @@
 //! Shared by the socket tests: a real hyper client over HTTP/1.1 or HTTP/2 (prior knowledge) on
 //! 127.0.0.1, and an event reader built on `eventsource-stream`, a parser we did not write.
 //! Also a handler that hands each connection to the test. Not a test on its own; used by
-//! `tests/server.rs`, `tests/axum_tower_http.rs`, `tests/service.rs`, `tests/lifecycle.rs` and
-//! `tests/churn.rs`.
+//! `tests/server.rs`, `tests/axum_tower_http.rs`, `tests/service.rs`, `tests/lifecycle.rs`,
+//! `tests/churn.rs` and `tests/stuck_sockets.rs`.
 
 #![allow(dead_code)]
 
