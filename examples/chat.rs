@@ -196,6 +196,16 @@ async fn main() {
     writeln!(stdout, "listening on http://{addr}").expect("stdout");
     stdout.flush().expect("stdout");
 
+    // TCP drops a connection whose data has gone unacknowledged, or whose client's window has
+    // stayed shut, for 30 s: a client that stopped reading, or one that vanished without closing
+    // (its keep-alive comment is never acknowledged). A client that reads, however slowly,
+    // acknowledges well within that; 30 s is also the send timeout. Without this, such a socket
+    // and its kernel send buffer stay held as long as the client stays connected, or about
+    // 16 minutes for one that vanished.
+    #[cfg(target_os = "linux")]
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    });
     axum::serve(listener, router).await.expect("server");
 }
 

@@ -216,7 +216,9 @@ impl EventSource {
     }
 
     /// Sends a keep-alive comment (`:`) after `interval` without any frame, so that proxies do
-    /// not drop quiet streams and a dead client is noticed through the failed write. It never
+    /// not drop quiet streams and a vanished client is noticed once TCP gives up on the
+    /// unacknowledged comment (`TCP_USER_TIMEOUT` on the accepted socket bounds that; see the
+    /// crate docs' [Disconnects](crate#disconnects) section). It never
     /// delays an event. Default: 15 seconds. An interval below one millisecond is raised to one
     /// millisecond, and one above 30 years lowered to 30 years.
     pub fn keep_alive(mut self, interval: Duration) -> Self {
@@ -242,11 +244,15 @@ impl EventSource {
 
     /// Ends a stream whose client has stopped reading: when the buffer is full and the server
     /// has not taken anything from it for `timeout`, the stream ends, its queued events are
-    /// dropped, [`Connection::closed`] resolves and pushes fail. This bounds what a stuck or
-    /// vanished client holds to the buffer. It is checked when a push finds the buffer full
+    /// dropped, [`Connection::closed`] resolves and pushes fail with
+    /// [`PushError::Disconnected`](crate::PushError::Disconnected). This frees the stream's
+    /// queued events; the socket and its kernel send buffer stay held until TCP drops the
+    /// connection, which `TCP_USER_TIMEOUT` on the accepted socket bounds (see the crate docs'
+    /// [Disconnects](crate#disconnects) section). It is checked when a push finds the buffer full
     /// ([`Connection::push`] waits at most that long), and by a timer once the stream is
     /// closing with events still queued. Default: 30 seconds; longer than 30 years is taken as
-    /// 30 years. A stalled stream that nobody pushes to holds at most its buffer.
+    /// 30 years. A stalled stream that nobody pushes to keeps at most its buffer of events
+    /// queued.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.limits().send_timeout = Some(timeout.min(LONGEST));
         self

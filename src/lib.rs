@@ -165,20 +165,28 @@
 //! The stream ends normally after [`Connection::close`] (once what was queued is sent), or when
 //! every clone of the connection is dropped, for example when the handler returns.
 //!
-//! A peer that vanishes without closing its connection (a pulled cable, a suspended laptop) is
-//! noticed when writes to it fail or stall: when events are pushed, the send timeout ends the
-//! stream ([`EventSource::send_timeout`]); on a quiet stream only the operating system
-//! can tell, once it gives up on the keep-alive comment, which by default takes many minutes.
-//! To bound that, set TCP keep-alive or `TCP_USER_TIMEOUT` on the accepted sockets (for
-//! example with the `socket2` crate) where the server accepts them.
+//! A client that stops reading, or vanishes without closing its connection (a pulled cable, a
+//! suspended laptop), is not noticed by a read. When events wait for it, the send timeout
+//! ends its stream ([`EventSource::send_timeout`]), but the server keeps the socket and
+//! its kernel send buffer until the operating system gives up on the connection: never while a
+//! client that does not read stays connected, and for a vanished one only once the unanswered
+//! keep-alive comment has been retransmitted for many minutes (about 16 with Linux's
+//! defaults). Setting `TCP_USER_TIMEOUT` on every accepted socket bounds both (the README and
+//! the `chat` example show how, with the `socket2` crate): with 30 seconds, measured on Linux,
+//! a client that stopped reading is dropped about 30 seconds after its window shut, and an idle
+//! one that vanished about 30 seconds after the next keep-alive comment, so within the
+//! keep-alive interval plus 31 seconds. The server then drops the body and the handler sees
+//! the disconnect.
 //!
 //! # Keep-alive
 //!
 //! After an interval without any frame ([`EventSource::keep_alive`]) the body sends a
-//! comment line, which browsers ignore: proxies keep the quiet stream open, and a write to a
-//! vanished client fails so the stream ends. A client that stops reading while events are
-//! queued is ended by the send timeout ([`EventSource::send_timeout`]), so a stuck
-//! client holds no more than its buffer.
+//! comment line, which browsers ignore: proxies keep the quiet stream open, and a vanished
+//! client leaves the comment unacknowledged, so TCP gives up on it and the stream ends (see
+//! [Disconnects](#disconnects) for how long that takes). A client that stops reading while
+//! events are queued has its stream ended by the send timeout
+//! ([`EventSource::send_timeout`]), which frees its queued events; its socket and kernel
+//! send buffer are freed when TCP drops the connection.
 //!
 //! # Last-Event-ID
 //!
