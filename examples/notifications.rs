@@ -147,6 +147,14 @@ async fn main() {
     writeln!(stdout, "listening on http://{addr}").expect("stdout");
     stdout.flush().expect("stdout");
 
+    // A client that stopped reading, or vanished without closing, is dropped once TCP has had
+    // no acknowledgement from it for 30 s; without this its socket and kernel send buffer stay
+    // held for as long as it stays connected (see the README's HOWTO).
+    #[cfg(target_os = "linux")]
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    });
+
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
