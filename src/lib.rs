@@ -327,7 +327,6 @@ mod error;
 mod event;
 mod event_source;
 mod keyed;
-
 #[cfg(feature = "redis")]
 mod redis;
 mod service;
