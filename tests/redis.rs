@@ -21,7 +21,7 @@ use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
-use tokio::{net::TcpListener, time::timeout};
+use tokio::{net::TcpListener, sync::watch, time::timeout};
 use tower_eventsource::{
     Connection, EventSourceService, PublishError, RedisBroadcast, RedisBuilder,
     RedisKeyedBroadcast, Resume,
@@ -375,32 +375,37 @@ async fn a_cursor_further_back_than_the_replay_limit_gets_the_reset() {
     expect(&mut resumed, &["6"]).await;
 }
 
-/// A client that reads until it has seen the event `until`, reconnecting with its last id
-/// whenever its stream ends, as a browser does; returns how many resets it got, the id of the
-/// last one, and the data of the other events, in order.
+/// A client that reads until it has reached the id `until` gets once it is known (the id of
+/// the last event published: as an event's id, or as a reset's id when the reset came after
+/// that event reached the server), reconnecting with its last id whenever its stream ends, as
+/// a browser does; returns how many resets it got, the id of the last one, and the data of
+/// the other events, in order.
 async fn follow(
     addr: SocketAddr,
     mut last: Option<String>,
     mut events: Events,
-    until: &str,
+    mut until: watch::Receiver<Option<String>>,
 ) -> (usize, String, Vec<String>) {
     let mut resets = 0;
     let mut reset_id = String::new();
     let mut texts = Vec::new();
     let mut _client = None;
     loop {
-        let next = timeout(BOUND, futures_util::StreamExt::next(&mut events)).await;
+        if last.is_some() && *until.borrow_and_update() == last {
+            return (resets, reset_id, texts);
+        }
+        let next = tokio::select! {
+            next = timeout(BOUND, futures_util::StreamExt::next(&mut events)) => next,
+            Ok(()) = until.changed() => continue,
+        };
         match next.expect("an event or the end of the stream in time") {
             Some(Ok(event)) => {
                 last = Some(event.id.clone());
                 if event.event == "reset" {
                     resets += 1;
                     reset_id = event.id;
-                    continue;
-                }
-                texts.push(event.data.clone());
-                if event.data == until {
-                    return (resets, reset_id, texts);
+                } else {
+                    texts.push(event.data.clone());
                 }
             }
             Some(Err(error)) => panic!("stream error {error}"),
@@ -487,17 +492,19 @@ async fn a_stream_trimmed_past_the_reader_gets_one_reset_and_delivery_goes_on() 
     .invoke_async(&mut redis.conn().await)
     .await
     .unwrap();
-    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, "5"));
+    let (until_tx, until) = watch::channel(None);
+    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     let id = publish(&a, "5").await;
+    until_tx.send_replace(Some(id.clone()));
     let (resets, reset_id, texts) = follower.await.unwrap();
     assert_eq!(resets, 1);
-    // The reset's id lies between the last lost entry ("3") and the first kept one ("4"): it
-    // is "4"'s when B's reader delivered "4" before the client came back, else the position
-    // just before it. Either way the client gets exactly what follows it.
+    // The reset's id is the newest B had delivered when the client came back: the position
+    // just before the first kept entry ("4"), or "4"'s, or "5"'s. Never before the last lost
+    // one ("3"), and the client gets exactly what follows it.
     let (epoch, reset_at) = position(&reset_id);
     assert_eq!(epoch, position(&added[2]).0);
-    assert!(position(&added[1]).1 <= reset_at && reset_at <= position(&added[2]).1);
+    assert!(position(&added[1]).1 <= reset_at && reset_at <= position(&id).1);
     let after: Vec<&str> = [(&added[2], "4"), (&id, "5")]
         .into_iter()
         .filter(|(id, _)| position(id).1 > reset_at)
@@ -531,10 +538,12 @@ async fn deleting_the_stream_gets_one_reset_and_delivery_goes_on() {
     // The first event of the new stream: B cannot know what it missed in between, so its
     // subscribers get exactly one reset, then what follows the reset's id.
     let mut ids = vec![publish(&a, "2").await];
-    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, "4"));
+    let (until_tx, until) = watch::channel(None);
+    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     ids.push(publish(&a, "3").await);
     ids.push(publish(&b, "4").await);
+    until_tx.send_replace(ids.last().cloned());
     let (resets, reset_id, texts) = follower.await.unwrap();
     assert_eq!(resets, 1);
     assert_eq!(texts, after_reset(&reset_id, &ids, &["2", "3", "4"]));
@@ -565,10 +574,12 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
 
     redis.run().await;
     let mut new_ids = vec![publish(&a, "2").await];
-    let first = tokio::spawn(follow(addr_b, Some(ids[0].clone()), events, "3"));
-    let second = tokio::spawn(follow(addr_b, Some(ids[0].clone()), resumed, "3"));
+    let (until_tx, until) = watch::channel(None);
+    let first = tokio::spawn(follow(addr_b, Some(ids[0].clone()), events, until.clone()));
+    let second = tokio::spawn(follow(addr_b, Some(ids[0].clone()), resumed, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     new_ids.push(publish(&a, "3").await);
+    until_tx.send_replace(new_ids.last().cloned());
     for follower in [first, second] {
         let (resets, reset_id, texts) = follower.await.unwrap();
         assert_eq!(resets, 1);
