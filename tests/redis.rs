@@ -236,9 +236,16 @@ async fn expect_ending(events: &mut Events, texts: &[&str]) {
         let event = next_event(events).await;
         assert_eq!(event.event, "message");
         got.push(event.data);
-        assert!(got.len() <= texts.len(), "{got:?} is no suffix of {texts:?}");
+        assert!(
+            got.len() <= texts.len(),
+            "{got:?} is no suffix of {texts:?}"
+        );
     }
-    assert_eq!(got, texts[texts.len() - got.len()..], "a suffix of {texts:?}");
+    assert_eq!(
+        got,
+        texts[texts.len() - got.len()..],
+        "a suffix of {texts:?}"
+    );
 }
 
 /// Reads `texts.len()` events and checks their data; returns their ids.
@@ -713,4 +720,54 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     expect(&mut resumed, &["a4"]).await;
     expect(&mut alice, &["a4"]).await;
     assert_eq!(b.stats().resumed_from_redis, 1);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn an_id_of_another_key_of_the_same_stream_gets_the_reset() {
+    let redis = RedisServer::start().await;
+    let keyed = |history| {
+        RedisBroadcast::builder(redis.client(), "rooms")
+            .block(Duration::from_millis(200))
+            .history(history)
+            .shards(1)
+            .build_keyed()
+    };
+    let a = keyed(100).await.unwrap();
+    let b = keyed(100).await.unwrap();
+    let addr_b = serve(Hub::Keyed(b.clone())).await;
+    // Alice has a live client on B, so B keeps her history.
+    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, || {
+        b.stats().local.subscribers
+    })
+    .await;
+    let mut bob_ids = Vec::new();
+    for (key, text) in [
+        ("bob", "b1"),
+        ("alice", "a1"),
+        ("bob", "b2"),
+        ("alice", "a2"),
+    ] {
+        let id = a.publish(key, text).await.unwrap();
+        if key == "bob" {
+            bob_ids.push(id);
+        }
+    }
+    let alice_ids = expect(&mut alice, &["a1", "a2"]).await;
+
+    // Bob's ids are positions in the same stream, but never cursors of alice's: whether the
+    // cursor is inside her local history (b2) or older than it (b1), it gets the reset.
+    for bob_id in &bob_ids {
+        let (_c, mut stolen) = open(addr_b, "/events/alice", Some(bob_id)).await;
+        let reset = next_event(&mut stolen).await;
+        assert_eq!(
+            (reset.event.as_str(), reset.id.as_str()),
+            ("reset", alice_ids[1].as_str())
+        );
+    }
+    // Her own ids still resume exactly, from the local history.
+    let (_c2, mut resumed) = open(addr_b, "/events/alice", Some(&alice_ids[0])).await;
+    assert_eq!(expect(&mut resumed, &["a2"]).await, alice_ids[1..]);
+    let stats = b.stats();
+    assert_eq!((stats.local.resets, stats.resumed_locally), (2, 1));
 }
