@@ -286,7 +286,8 @@
 //! - a cursor another server already delivered and this one has not yet read waits for this
 //!   server's reader (up to 3 seconds);
 //! - otherwise (trimmed, stream deleted or recreated, Redis restarted empty, forged, too far
-//!   behind) it gets the reset event, as with [`Broadcast`].
+//!   behind, or for [`RedisKeyedBroadcast`] an id of another key of the same stream) it gets
+//!   the reset event, as with [`Broadcast`].
 //!
 //! The guarantee: each client gets every event once, in order, with no gap and no duplicate,
 //! or exactly one reset event, after which it gets every event after the reset's id. When a
@@ -295,7 +296,8 @@
 //! the reset event.
 //!
 //! While Redis is unreachable, open streams stay open (keep-alive goes on), publishing fails
-//! with [`PublishError::Redis`], resumes are served from local history where they can be, and
+//! with [`PublishError::Redis`] (Redis counts as unreachable when a call gets no answer within
+//! [`RedisBuilder::response_timeout`]), resumes are served from local history where they can be, and
 //! the reader reconnects with backoff and goes on from the last entry it delivered. A failed
 //! publish may or may not have been stored: [`RedisBroadcast::publish_idempotent`] with the
 //! same key stores it exactly once however often it is retried. Whether Redis keeps what it

@@ -170,6 +170,7 @@ pub struct RedisBuilder {
     block: Duration,
     idempotency_ttl: Duration,
     shards: usize,
+    response_timeout: Duration,
 }
 
 impl fmt::Debug for RedisBuilder {
@@ -246,6 +247,15 @@ impl RedisBuilder {
         self
     }
 
+    /// How long a publish or a resume waits for Redis to answer one call before it counts
+    /// Redis as unreachable (a publish then fails; a resume that needs Redis tries once more,
+    /// then gets the reset event). The reader waits this long beyond each
+    /// [`block`](Self::block). Default: 5 seconds.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout.clamp(Duration::from_millis(1), Duration::from_secs(3600));
+        self
+    }
+
     /// How many streams a keyed hub spreads its keys over (at least 1); every server of one
     /// hub must use the same number. Not used by [`build`](Self::build). Default: 16.
     pub fn shards(mut self, streams: usize) -> Self {
@@ -298,6 +308,7 @@ impl RedisBroadcast {
             block: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(3600),
             shards: 16,
+            response_timeout: Duration::from_secs(5),
         }
     }
 
@@ -583,6 +594,7 @@ struct Common {
     replay_limit: usize,
     block: Duration,
     idempotency_ttl: Duration,
+    response_timeout: Duration,
     stats: Counters,
 }
 
@@ -645,7 +657,8 @@ impl Hub {
             .get_connection_manager_with_config(
                 ConnectionManagerConfig::new()
                     .set_number_of_retries(1)
-                    .set_connection_timeout(Some(Duration::from_secs(2))),
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(builder.response_timeout)),
             )
             .await?;
         let common = Arc::new(Common {
@@ -661,6 +674,7 @@ impl Hub {
             replay_limit: builder.replay_limit,
             block: builder.block,
             idempotency_ttl: builder.idempotency_ttl,
+            response_timeout: builder.response_timeout,
             stats: Counters::default(),
         });
         let mut shards = Vec::with_capacity(streams.len());
@@ -807,7 +821,7 @@ impl Hub {
             if state.epoch() == epoch && pos <= state.last {
                 let hub = common.key_hub(&mut state, key);
                 if let Some(resume) =
-                    hub.subscribe_with(conn, |window| local_plan(window, epoch, pos))
+                    hub.subscribe_with(conn, |window| local_plan(window, epoch, pos, common.keyed))
                 {
                     common.stats.resumed_locally.fetch_add(1, Ordering::Relaxed);
                     return resume;
@@ -840,10 +854,14 @@ impl Hub {
             return shard.reset(common, key, conn);
         };
         let mut entries: Vec<Entry> = page.ids.into_iter().filter_map(Entry::from_redis).collect();
+        // The cursor's entry must be there; for a keyed hub, an entry of this key: another
+        // key's id says nothing of what the client got of this key.
         if current != epoch
-            || entries
-                .first()
-                .is_none_or(|first| first.pos != pos || first.epoch.as_deref() != Some(epoch))
+            || entries.first().is_none_or(|first| {
+                first.pos != pos
+                    || first.epoch.as_deref() != Some(epoch)
+                    || (common.keyed && first.key != key)
+            })
         {
             return shard.reset(common, key, conn);
         }
@@ -865,7 +883,7 @@ impl Hub {
                 if state.epoch() == epoch && pos <= state.last {
                     let hub = common.key_hub(&mut state, key);
                     let resume = hub.subscribe_with(conn, |window| {
-                        local_plan(window, epoch, pos).or_else(|| {
+                        local_plan(window, epoch, pos, common.keyed).or_else(|| {
                             let (_, before) =
                                 parse_cursor(window.before()).filter(|(e, _)| *e == epoch)?;
                             if reached < before {
@@ -937,11 +955,24 @@ impl Hub {
 }
 
 /// Where a cursor resumes in a local history: after the kept events up to it, when the
-/// history holds everything after it.
-fn local_plan(window: &Window<'_>, epoch: &str, pos: Pos) -> Option<(Vec<Bytes>, usize)> {
+/// history holds everything after it. With `exact` (a keyed hub, whose stream holds other
+/// keys' entries too), only the id of a kept event or the one just before them is a cursor of
+/// this hub's.
+fn local_plan(
+    window: &Window<'_>,
+    epoch: &str,
+    pos: Pos,
+    exact: bool,
+) -> Option<(Vec<Bytes>, usize)> {
     let (before_epoch, before) = parse_cursor(window.before())?;
     if before_epoch != epoch || pos < before {
         return None;
+    }
+    if exact && pos != before {
+        let cursor = cursor_id(epoch, pos);
+        return (0..window.len())
+            .rfind(|&at| window.id(at) == cursor)
+            .map(|at| (Vec::new(), at + 1));
     }
     // Ids in a history increase.
     let (mut low, mut high) = (0, window.len());
@@ -1090,7 +1121,7 @@ async fn read(shard: Arc<Shard>, common: Arc<Common>) {
     // Longer than the block, so that a read that waits is not cut off by the client.
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(common.block + Duration::from_secs(5)));
+        .set_response_timeout(Some(common.block + common.response_timeout));
     let block_ms = common.block.as_millis() as u64;
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = BACKOFF.0;

@@ -21,7 +21,7 @@ use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
-use tokio::{net::TcpListener, time::timeout};
+use tokio::{net::TcpListener, sync::watch, time::timeout};
 use tower_eventsource::{
     Connection, EventSourceService, PublishError, RedisBroadcast, RedisBuilder,
     RedisKeyedBroadcast, Resume,
@@ -228,6 +228,26 @@ async fn publish(hub: &RedisBroadcast, text: &str) -> String {
     .expect("published in time")
 }
 
+/// Reads events until the last of `texts`, and checks that what it read is a suffix of
+/// `texts`: for a live client that subscribed while some of them were on their way.
+async fn expect_ending(events: &mut Events, texts: &[&str]) {
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != texts.last().copied() {
+        let event = next_event(events).await;
+        assert_eq!(event.event, "message");
+        got.push(event.data);
+        assert!(
+            got.len() <= texts.len(),
+            "{got:?} is no suffix of {texts:?}"
+        );
+    }
+    assert_eq!(
+        got,
+        texts[texts.len() - got.len()..],
+        "a suffix of {texts:?}"
+    );
+}
+
 /// Reads `texts.len()` events and checks their data; returns their ids.
 async fn expect(events: &mut Events, texts: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
@@ -289,11 +309,12 @@ async fn resuming_on_the_other_instance_from_an_id_got_on_the_first_is_exact() {
     for text in ["3", "4"] {
         publish(&a, text).await;
     }
-    // B's reader has delivered "4" once a live client of B sees it.
+    // B's reader has delivered "4" once a live client of B sees "5". The watcher is live from
+    // wherever B's reader was when it subscribed, which may be before "3" or "4".
     let (_watch, mut watcher) =
         open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
     publish(&a, "5").await;
-    expect(&mut watcher, &["5"]).await;
+    expect_ending(&mut watcher, &["3", "4", "5"]).await;
 
     let (_client, mut on_b) = open(addr_b, "/events", Some(&seen[1])).await;
     expect(&mut on_b, &["3", "4", "5"]).await;
@@ -361,32 +382,37 @@ async fn a_cursor_further_back_than_the_replay_limit_gets_the_reset() {
     expect(&mut resumed, &["6"]).await;
 }
 
-/// A client that reads until it has seen the event `until`, reconnecting with its last id
-/// whenever its stream ends, as a browser does; returns how many resets it got, the id of the
-/// last one, and the data of the other events, in order.
+/// A client that reads until it has reached the id `until` gets once it is known (the id of
+/// the last event published: as an event's id, or as a reset's id when the reset came after
+/// that event reached the server), reconnecting with its last id whenever its stream ends, as
+/// a browser does; returns how many resets it got, the id of the last one, and the data of
+/// the other events, in order.
 async fn follow(
     addr: SocketAddr,
     mut last: Option<String>,
     mut events: Events,
-    until: &str,
+    mut until: watch::Receiver<Option<String>>,
 ) -> (usize, String, Vec<String>) {
     let mut resets = 0;
     let mut reset_id = String::new();
     let mut texts = Vec::new();
     let mut _client = None;
     loop {
-        let next = timeout(BOUND, futures_util::StreamExt::next(&mut events)).await;
+        if last.is_some() && *until.borrow_and_update() == last {
+            return (resets, reset_id, texts);
+        }
+        let next = tokio::select! {
+            next = timeout(BOUND, futures_util::StreamExt::next(&mut events)) => next,
+            Ok(()) = until.changed() => continue,
+        };
         match next.expect("an event or the end of the stream in time") {
             Some(Ok(event)) => {
                 last = Some(event.id.clone());
                 if event.event == "reset" {
                     resets += 1;
                     reset_id = event.id;
-                    continue;
-                }
-                texts.push(event.data.clone());
-                if event.data == until {
-                    return (resets, reset_id, texts);
+                } else {
+                    texts.push(event.data.clone());
                 }
             }
             Some(Err(error)) => panic!("stream error {error}"),
@@ -457,12 +483,15 @@ async fn a_stream_trimmed_past_the_reader_gets_one_reset_and_delivery_goes_on() 
     let seen = expect(&mut events, &["1"]).await;
     // Three entries added and all but the last trimmed at once, before any reader can see
     // them: the stream no longer proves that nothing after "1" is missing.
-    let _: () = redis::Script::new(
+    let added: Vec<String> = redis::Script::new(
         "local epoch = redis.call('HGET', KEYS[2], 'epoch')
+         local ids = {}
          for _, data in ipairs(ARGV) do
-           redis.call('XADD', KEYS[1], '*', 'e', epoch, 'k', '', 'f', 'data: ' .. data .. '\\n')
+           local id = redis.call('XADD', KEYS[1], '*', 'e', epoch, 'k', '', 'f', 'data: ' .. data .. '\\n')
+           table.insert(ids, epoch .. '-' .. id)
          end
-         redis.call('XTRIM', KEYS[1], 'MAXLEN', 1)",
+         redis.call('XTRIM', KEYS[1], 'MAXLEN', 1)
+         return ids",
     )
     .key("{chat}")
     .key("{chat}:meta")
@@ -470,13 +499,35 @@ async fn a_stream_trimmed_past_the_reader_gets_one_reset_and_delivery_goes_on() 
     .invoke_async(&mut redis.conn().await)
     .await
     .unwrap();
-    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, "5"));
+    let (until_tx, until) = watch::channel(None);
+    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     let id = publish(&a, "5").await;
+    until_tx.send_replace(Some(id.clone()));
     let (resets, reset_id, texts) = follower.await.unwrap();
     assert_eq!(resets, 1);
-    assert_ne!(reset_id, id);
-    assert_eq!(texts, ["5"]);
+    // The reset's id is the newest B had delivered when the client came back: the position
+    // just before the first kept entry ("4"), or "4"'s, or "5"'s. Never before the last lost
+    // one ("3"), and the client gets exactly what follows it.
+    let (epoch, reset_at) = position(&reset_id);
+    assert_eq!(epoch, position(&added[2]).0);
+    assert!(position(&added[1]).1 <= reset_at && reset_at <= position(&id).1);
+    let after: Vec<&str> = [(&added[2], "4"), (&id, "5")]
+        .into_iter()
+        .filter(|(id, _)| position(id).1 > reset_at)
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(texts, after);
+}
+
+/// An id's epoch and its stream position, as numbers.
+fn position(id: &str) -> (&str, (u64, u64)) {
+    let mut parts = id.split('-');
+    let mut next = || parts.next().unwrap_or_else(|| panic!("no id: {id}"));
+    let epoch = next();
+    let ms = next().parse().expect("ms");
+    let seq = next().parse().expect("seq");
+    (epoch, (ms, seq))
 }
 
 #[tokio::test]
@@ -494,10 +545,12 @@ async fn deleting_the_stream_gets_one_reset_and_delivery_goes_on() {
     // The first event of the new stream: B cannot know what it missed in between, so its
     // subscribers get exactly one reset, then what follows the reset's id.
     let mut ids = vec![publish(&a, "2").await];
-    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, "4"));
+    let (until_tx, until) = watch::channel(None);
+    let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     ids.push(publish(&a, "3").await);
     ids.push(publish(&b, "4").await);
+    until_tx.send_replace(ids.last().cloned());
     let (resets, reset_id, texts) = follower.await.unwrap();
     assert_eq!(resets, 1);
     assert_eq!(texts, after_reset(&reset_id, &ids, &["2", "3", "4"]));
@@ -528,10 +581,12 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
 
     redis.run().await;
     let mut new_ids = vec![publish(&a, "2").await];
-    let first = tokio::spawn(follow(addr_b, Some(ids[0].clone()), events, "3"));
-    let second = tokio::spawn(follow(addr_b, Some(ids[0].clone()), resumed, "3"));
+    let (until_tx, until) = watch::channel(None);
+    let first = tokio::spawn(follow(addr_b, Some(ids[0].clone()), events, until.clone()));
+    let second = tokio::spawn(follow(addr_b, Some(ids[0].clone()), resumed, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     new_ids.push(publish(&a, "3").await);
+    until_tx.send_replace(new_ids.last().cloned());
     for follower in [first, second] {
         let (resets, reset_id, texts) = follower.await.unwrap();
         assert_eq!(resets, 1);
@@ -665,4 +720,54 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     expect(&mut resumed, &["a4"]).await;
     expect(&mut alice, &["a4"]).await;
     assert_eq!(b.stats().resumed_from_redis, 1);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn an_id_of_another_key_of_the_same_stream_gets_the_reset() {
+    let redis = RedisServer::start().await;
+    let keyed = |history| {
+        RedisBroadcast::builder(redis.client(), "rooms")
+            .block(Duration::from_millis(200))
+            .history(history)
+            .shards(1)
+            .build_keyed()
+    };
+    let a = keyed(100).await.unwrap();
+    let b = keyed(100).await.unwrap();
+    let addr_b = serve(Hub::Keyed(b.clone())).await;
+    // Alice has a live client on B, so B keeps her history.
+    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, || {
+        b.stats().local.subscribers
+    })
+    .await;
+    let mut bob_ids = Vec::new();
+    for (key, text) in [
+        ("bob", "b1"),
+        ("alice", "a1"),
+        ("bob", "b2"),
+        ("alice", "a2"),
+    ] {
+        let id = a.publish(key, text).await.unwrap();
+        if key == "bob" {
+            bob_ids.push(id);
+        }
+    }
+    let alice_ids = expect(&mut alice, &["a1", "a2"]).await;
+
+    // Bob's ids are positions in the same stream, but never cursors of alice's: whether the
+    // cursor is inside her local history (b2) or older than it (b1), it gets the reset.
+    for bob_id in &bob_ids {
+        let (_c, mut stolen) = open(addr_b, "/events/alice", Some(bob_id)).await;
+        let reset = next_event(&mut stolen).await;
+        assert_eq!(
+            (reset.event.as_str(), reset.id.as_str()),
+            ("reset", alice_ids[1].as_str())
+        );
+    }
+    // Her own ids still resume exactly, from the local history.
+    let (_c2, mut resumed) = open(addr_b, "/events/alice", Some(&alice_ids[0])).await;
+    assert_eq!(expect(&mut resumed, &["a2"]).await, alice_ids[1..]);
+    let stats = b.stats();
+    assert_eq!((stats.local.resets, stats.resumed_locally), (2, 1));
 }
