@@ -65,9 +65,6 @@ pub struct Broadcast {
 }
 
 struct Inner {
-    /// Tells hubs apart, so that a connection subscribed twice to one hub is noticed:
-    /// connections keep a weak reference to it.
-    token: Arc<()>,
     state: Mutex<State>,
     history_events: usize,
     history_bytes: usize,
@@ -238,7 +235,6 @@ impl BroadcastBuilder {
         let first_id = self.first_id.unwrap_or_else(now_micros);
         Broadcast {
             inner: Arc::new(Inner {
-                token: Arc::new(()),
                 state: Mutex::new(State {
                     subscribers: Vec::new(),
                     prune_at: 64,
@@ -303,7 +299,7 @@ impl Broadcast {
     /// it was resuming from something the hub cannot find.
     pub fn subscribe_from(&self, conn: &Connection, cursor: Option<&str>) -> Resume {
         let mut state = self.lock();
-        if conn.is_in_hub(&self.inner.token) {
+        if Self::has_subscriber(&state, conn) {
             return Resume::AlreadySubscribed;
         }
         let unusable = conn.has_unusable_last_event_id();
@@ -338,12 +334,7 @@ impl Broadcast {
                 }
             }
         };
-        if state.subscribers.len() >= state.prune_at {
-            state.subscribers.retain(|s| !s.conn.is_closed());
-            state.prune_at = (state.subscribers.len() * 2).max(64);
-        }
-        conn.join_hub(&self.inner.token);
-        state.subscribers.push(Subscriber { conn: conn.clone() });
+        Self::add_subscriber(&mut state, conn);
         resume
     }
 
@@ -404,6 +395,28 @@ impl Broadcast {
         for subscriber in subscribers {
             subscriber.conn.close();
         }
+    }
+
+    /// Whether `conn` is subscribed already. Only a connection that has joined some hub is
+    /// looked for, newest first.
+    fn has_subscriber(state: &State, conn: &Connection) -> bool {
+        conn.has_joined_a_hub()
+            && state
+                .subscribers
+                .iter()
+                .rev()
+                .any(|subscriber| subscriber.conn.is_same_stream(conn))
+    }
+
+    /// Keeps a clone of `conn`, first forgetting gone subscribers when the list has doubled
+    /// since they were last forgotten.
+    fn add_subscriber(state: &mut State, conn: &Connection) {
+        if state.subscribers.len() >= state.prune_at {
+            state.subscribers.retain(|s| !s.conn.is_closed());
+            state.prune_at = (state.subscribers.len() * 2).max(64);
+        }
+        conn.note_joined_hub();
+        state.subscribers.push(Subscriber { conn: conn.clone() });
     }
 
     fn deliver(&self, state: &mut State, frame: &Bytes) -> usize {
@@ -558,7 +571,7 @@ impl Broadcast {
         plan: impl FnOnce(&Window<'_>) -> Option<(Vec<Bytes>, usize)>,
     ) -> Option<Resume> {
         let mut state = self.lock();
-        if conn.is_in_hub(&self.inner.token) {
+        if Self::has_subscriber(&state, conn) {
             return Some(Resume::AlreadySubscribed);
         }
         if conn.is_closed() {
@@ -571,14 +584,14 @@ impl Broadcast {
             return Some(Resume::Ended);
         }
         state.stats.deliveries += count as u64;
-        self.add_subscriber(&mut state, conn);
+        Self::add_subscriber(&mut state, conn);
         Some(Resume::Replayed(count))
     }
 
     /// Sends `conn` the reset event, with the newest id, and subscribes it.
     pub(crate) fn subscribe_reset(&self, conn: &Connection) -> Resume {
         let mut state = self.lock();
-        if conn.is_in_hub(&self.inner.token) {
+        if Self::has_subscriber(&state, conn) {
             return Resume::AlreadySubscribed;
         }
         let newest = match state.history.back() {
@@ -590,17 +603,8 @@ impl Broadcast {
             return Resume::Ended;
         }
         state.stats.resets += 1;
-        self.add_subscriber(&mut state, conn);
+        Self::add_subscriber(&mut state, conn);
         Resume::Reset
-    }
-
-    fn add_subscriber(&self, state: &mut State, conn: &Connection) {
-        if state.subscribers.len() >= state.prune_at {
-            state.subscribers.retain(|s| !s.conn.is_closed());
-            state.prune_at = (state.subscribers.len() * 2).max(64);
-        }
-        conn.join_hub(&self.inner.token);
-        state.subscribers.push(Subscriber { conn: conn.clone() });
     }
 }
 
@@ -1010,11 +1014,11 @@ mod tests {
     fn an_unusable_last_event_id_gets_the_reset_event_whatever_the_cursor() {
         let hub = hub(10);
         hub.send("missed").unwrap();
-        let (conn, mut body) = client_with(8, LastEventId::Unusable);
+        let (conn, mut body) = client_with(8, LastEventId::unusable());
         assert_eq!(hub.subscribe_from(&conn, Some("0")), Resume::Reset);
         assert_eq!(ready(&mut body), "event: reset\ndata: \nid: 1\n\n");
         // Without a history there is nothing to resume: live events.
-        let (conn, _body) = client_with(8, LastEventId::Unusable);
+        let (conn, _body) = client_with(8, LastEventId::unusable());
         assert_eq!(Broadcast::new().subscribe(&conn), Resume::Live);
     }
 
@@ -1066,15 +1070,20 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_forgets_the_hubs_that_are_gone() {
-        let (conn, _body) = client(4, None);
-        for _ in 0..1000 {
-            let hub = Broadcast::new();
+    fn a_connection_on_several_hubs_is_found_again_on_each() {
+        let hubs: Vec<_> = (0..3).map(|_| Broadcast::new()).collect();
+        let others: Vec<_> = (0..100).map(|_| client(4, None)).collect();
+        let (conn, mut body) = client(4, None);
+        for hub in &hubs {
             assert_eq!(hub.subscribe(&conn), Resume::Live);
+            for (other, _) in &others {
+                assert_eq!(hub.subscribe(other), Resume::Live);
+            }
         }
-        assert!(conn.hubs_joined() <= 16, "{}", conn.hubs_joined());
-        let kept = Broadcast::new();
-        kept.subscribe(&conn);
-        assert_eq!(kept.subscribe(&conn), Resume::AlreadySubscribed);
+        for hub in &hubs {
+            assert_eq!(hub.subscribe(&conn), Resume::AlreadySubscribed);
+            assert_eq!(hub.send("x").map(|sent| sent.reached()), Ok(101));
+        }
+        assert_eq!(ready(&mut body), "data: x\n\n".repeat(3));
     }
 }

@@ -9,7 +9,7 @@ use std::{
     fmt,
     future::{poll_fn, Future},
     pin::pin,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -43,49 +43,68 @@ pub(crate) struct Shared {
     changed: Notify,
     limits: Arc<Limits>,
     last_event_id: LastEventId,
-    /// The runtime the stream was created on: its timers serve pushes and closes made from
-    /// any thread. `None` only for a connection that was ended from the start.
-    runtime: Option<Handle>,
 }
 
-/// The request's `Last-Event-ID`, as the stream sees it.
+/// The request's `Last-Event-ID`, as the stream sees it: absent (no header, or an empty one,
+/// which a browser whose last id was reset would send), an id, or unusable (a header that is
+/// present but cannot be an id: not UTF-8, longer than [`MAX_ID_LEN`] bytes, or sent more than
+/// once). An unusable one is kept as an empty id, which a usable one never is. Boxed twice,
+/// it takes one word of every stream's state, and an allocation only when it is present.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum LastEventId {
-    /// No header, or an empty one (the browser's last id was reset).
-    Absent,
-    Id(Box<str>),
-    /// A header that is present but cannot be an id: not UTF-8, longer than [`MAX_ID_LEN`]
-    /// bytes, or sent more than once.
-    Unusable,
-}
+pub(crate) struct LastEventId(Option<Box<Box<str>>>);
 
 impl LastEventId {
+    pub(crate) const ABSENT: LastEventId = LastEventId(None);
+
+    pub(crate) fn unusable() -> Self {
+        LastEventId(Some(Box::default()))
+    }
+
+    pub(crate) fn id(id: &str) -> Self {
+        match id.is_empty() {
+            true => LastEventId::ABSENT,
+            false => LastEventId(Some(Box::new(id.into()))),
+        }
+    }
+
     /// Reads the `Last-Event-ID` header.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
         let mut values = headers.get_all("last-event-id").iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return match headers.contains_key("last-event-id") {
-                true => LastEventId::Unusable,
-                false => LastEventId::Absent,
+                true => LastEventId::unusable(),
+                false => LastEventId::ABSENT,
             };
         };
-        if value.is_empty() {
-            return LastEventId::Absent;
-        }
         match std::str::from_utf8(value.as_bytes()) {
-            Ok(id) if id.len() <= MAX_ID_LEN => LastEventId::Id(id.into()),
-            _ => LastEventId::Unusable,
+            Ok(id) if id.len() <= MAX_ID_LEN => LastEventId::id(id),
+            _ => LastEventId::unusable(),
         }
+    }
+
+    fn as_id(&self) -> Option<&str> {
+        self.0
+            .as_deref()
+            .map(|id| &**id)
+            .filter(|id| !id.is_empty())
+    }
+
+    fn is_unusable(&self) -> bool {
+        self.0.as_deref().is_some_and(|id| id.is_empty())
     }
 }
 
-/// Settings shared by every stream of a service.
+/// Settings shared by the streams of a service on one runtime.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     /// Events a connection may queue; at least one.
     pub(crate) buffer: usize,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) keep_alive: Option<Duration>,
+    /// The runtime the streams were created on (see [`stream_runtime`]): its timers serve
+    /// pushes and closes made from any thread. `None` in the settings themselves, and for a
+    /// connection ended from the start.
+    pub(crate) runtime: Option<Handle>,
 }
 
 struct State {
@@ -100,9 +119,10 @@ struct State {
     body: Option<Waker>,
     /// When a push first found the buffer full since the body last took from it.
     full_since: Option<Instant>,
-    /// The hubs this connection is subscribed to, so that subscribing twice is noticed; those
-    /// that are gone are pruned as the list grows.
-    hubs: Vec<Weak<()>>,
+    /// How many hubs have subscribed this connection (saturating): a hub looks for a
+    /// connection among its subscribers only when it has joined one, so that subscribing
+    /// twice is noticed at no cost to the others.
+    hubs_joined: u16,
 }
 
 struct Queued {
@@ -128,27 +148,21 @@ pub(crate) enum Refused {
 }
 
 impl Connection {
-    /// A new handle and the shared queue for the body to read, on `runtime` (see
-    /// [`stream_runtime`]).
-    pub(crate) fn new(
-        limits: Arc<Limits>,
-        last_event_id: LastEventId,
-        runtime: Handle,
-    ) -> (Self, Arc<Shared>) {
-        Self::with_phase(limits, last_event_id, Some(runtime), Phase::Open)
+    /// A new handle and the shared queue for the body to read, on the runtime of `limits`.
+    pub(crate) fn new(limits: Arc<Limits>, last_event_id: LastEventId) -> (Self, Arc<Shared>) {
+        Self::with_phase(limits, last_event_id, Phase::Open)
     }
 
     /// A handle whose stream has already ended as if its client had gone: pushes fail with
     /// [`PushError::Disconnected`] and [`closed`](Self::closed) resolves at once. It needs no
     /// runtime, for a request that could not get a stream.
     pub(crate) fn ended(limits: Arc<Limits>, last_event_id: LastEventId) -> Self {
-        Self::with_phase(limits, last_event_id, None, Phase::Gone).0
+        Self::with_phase(limits, last_event_id, Phase::Gone).0
     }
 
     fn with_phase(
         limits: Arc<Limits>,
         last_event_id: LastEventId,
-        runtime: Option<Handle>,
         phase: Phase,
     ) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
@@ -160,12 +174,11 @@ impl Connection {
                 handles: 1,
                 body: None,
                 full_since: None,
-                hubs: Vec::new(),
+                hubs_joined: 0,
             }),
             changed: Notify::new(),
             limits,
             last_event_id,
-            runtime,
         });
         (
             Connection {
@@ -323,10 +336,7 @@ impl Connection {
     /// [`has_unusable_last_event_id`](Self::has_unusable_last_event_id)). The value comes
     /// from the client: treat it as untrusted input.
     pub fn last_event_id(&self) -> Option<&str> {
-        match &self.shared.last_event_id {
-            LastEventId::Id(id) => Some(id),
-            LastEventId::Absent | LastEventId::Unusable => None,
-        }
+        self.shared.last_event_id.as_id()
     }
 
     /// Whether the request carried a `Last-Event-ID` that cannot be an id (not UTF-8, longer
@@ -336,7 +346,7 @@ impl Connection {
     /// found. [`Broadcast::subscribe`](crate::Broadcast::subscribe) answers it with the reset
     /// event; a handler that resumes by itself should likewise tell the page to reload.
     pub fn has_unusable_last_event_id(&self) -> bool {
-        self.shared.last_event_id == LastEventId::Unusable
+        self.shared.last_event_id.is_unusable()
     }
 
     /// Queues an encoded frame, waiting while the buffer is full.
@@ -377,7 +387,7 @@ impl Connection {
                 Err(Refused::Full) => {}
                 other => return other,
             }
-            match (self.shared.stall_deadline(), &self.shared.runtime) {
+            match (self.shared.stall_deadline(), &self.shared.limits.runtime) {
                 // Wake up at the deadline to end the stalled stream. The timer comes from the
                 // stream's runtime, so a push from any thread or executor can wait.
                 (Some(deadline), Some(runtime)) => {
@@ -455,30 +465,20 @@ impl Connection {
         true
     }
 
-    /// Whether hub `hub` has subscribed this connection.
-    pub(crate) fn is_in_hub(&self, hub: &Arc<()>) -> bool {
-        let hub = Arc::downgrade(hub);
-        self.shared
-            .lock()
-            .hubs
-            .iter()
-            .any(|joined| joined.ptr_eq(&hub))
+    /// Whether some hub has subscribed this connection.
+    pub(crate) fn has_joined_a_hub(&self) -> bool {
+        self.shared.lock().hubs_joined > 0
     }
 
-    /// How many hubs the connection remembers joining.
-    #[cfg(test)]
-    pub(crate) fn hubs_joined(&self) -> usize {
-        self.shared.lock().hubs.len()
-    }
-
-    /// Records that hub `hub` subscribed this connection.
-    pub(crate) fn join_hub(&self, hub: &Arc<()>) {
+    /// Records that a hub subscribed this connection.
+    pub(crate) fn note_joined_hub(&self) {
         let mut state = self.shared.lock();
-        let hubs = &mut state.hubs;
-        if hubs.len() >= 8 && hubs.len().is_power_of_two() {
-            hubs.retain(|joined| joined.strong_count() > 0);
-        }
-        hubs.push(Arc::downgrade(hub));
+        state.hubs_joined = state.hubs_joined.saturating_add(1);
+    }
+
+    /// Whether `other` is a handle of the same stream.
+    pub(crate) fn is_same_stream(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -573,7 +573,7 @@ impl Shared {
         let Some(timeout) = self.limits.send_timeout else {
             return;
         };
-        let Some(runtime) = &self.runtime else {
+        let Some(runtime) = &self.limits.runtime else {
             return;
         };
         if state.queue.is_empty() {

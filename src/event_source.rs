@@ -8,7 +8,12 @@ use crate::{
     Connection, Event, Shutdown,
 };
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::runtime::Handle;
 
 /// Longest keep-alive interval or send timeout; longer ones are taken as this.
@@ -44,12 +49,52 @@ pub struct EventSource {
     settings: Arc<Settings>,
 }
 
-#[derive(Clone)]
 struct Settings {
     headers: HeaderMap,
+    /// The limits as set, with no runtime.
     limits: Arc<Limits>,
     retry: Option<Duration>,
     shutdown: Option<Shutdown>,
+    /// The limits with the runtime the last stream was created on, shared by the streams of
+    /// that runtime (usually all of them).
+    on_runtime: Mutex<Option<Arc<Limits>>>,
+}
+
+impl Clone for Settings {
+    fn clone(&self) -> Self {
+        Settings {
+            headers: self.headers.clone(),
+            limits: Arc::clone(&self.limits),
+            retry: self.retry,
+            shutdown: self.shutdown.clone(),
+            on_runtime: Mutex::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The limits of streams on `runtime`.
+    fn limits_on(&self, runtime: Handle) -> Arc<Limits> {
+        let mut on_runtime = self
+            .on_runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(limits) = &*on_runtime {
+            if limits
+                .runtime
+                .as_ref()
+                .is_some_and(|r| r.id() == runtime.id())
+            {
+                return Arc::clone(limits);
+            }
+        }
+        let limits = Arc::new(Limits {
+            runtime: Some(runtime),
+            ..(*self.limits).clone()
+        });
+        *on_runtime = Some(Arc::clone(&limits));
+        limits
+    }
 }
 
 /// A stream started by [`EventSource::open`].
@@ -81,9 +126,11 @@ impl EventSource {
                     buffer: 256,
                     send_timeout: Some(Duration::from_secs(30)),
                     keep_alive: Some(Duration::from_secs(15)),
+                    runtime: None,
                 }),
                 retry: None,
                 shutdown: None,
+                on_runtime: Mutex::default(),
             }),
         }
     }
@@ -164,8 +211,7 @@ impl EventSource {
                 live: None,
             };
         };
-        let (conn, shared) =
-            Connection::new(Arc::clone(&settings.limits), last_event_id, runtime.clone());
+        let (conn, shared) = Connection::new(settings.limits_on(runtime.clone()), last_event_id);
         if let Some(retry) = settings.retry {
             conn.send_unbounded([Event::new().retry(retry).finish()]);
         }

@@ -19,8 +19,8 @@ pub(crate) fn client(
     last_event_id: Option<&str>,
 ) -> (Connection, EventStreamBody) {
     let last_event_id = match last_event_id {
-        Some(id) => LastEventId::Id(id.into()),
-        None => LastEventId::Absent,
+        Some(id) => LastEventId::id(id),
+        None => LastEventId::ABSENT,
     };
     client_with(capacity, last_event_id)
 }
@@ -46,8 +46,9 @@ pub(crate) fn client_with(
         buffer: capacity,
         send_timeout: None,
         keep_alive: None,
+        runtime: Some(runtime),
     };
-    let (conn, shared) = Connection::new(Arc::new(limits), last_event_id, runtime);
+    let (conn, shared) = Connection::new(Arc::new(limits), last_event_id);
     (conn, EventStreamBody::stream(shared))
 }
 
