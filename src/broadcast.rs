@@ -321,15 +321,9 @@ impl Broadcast {
                     Resume::Replayed(count)
                 }
                 None => {
-                    let newest = match state.history.back() {
-                        Some(entry) => &entry.id,
-                        None => &state.before_history,
-                    };
-                    let reset = self.inner.reset.clone().id(newest).finish();
-                    if !conn.send_unbounded([reset]) {
+                    if !self.send_reset(&mut state, conn) {
                         return Resume::Ended;
                     }
-                    state.stats.resets += 1;
                     Resume::Reset
                 }
             }
@@ -395,6 +389,19 @@ impl Broadcast {
         for subscriber in subscribers {
             subscriber.conn.close();
         }
+    }
+
+    /// Sends `conn` the reset event with the newest id, and counts it; `false` if its stream
+    /// had ended.
+    fn send_reset(&self, state: &mut State, conn: &Connection) -> bool {
+        let newest = match state.history.back() {
+            Some(entry) => &entry.id,
+            None => &state.before_history,
+        };
+        let reset = self.inner.reset.clone().id(newest).finish();
+        let sent = conn.send_unbounded([reset]);
+        state.stats.resets += u64::from(sent);
+        sent
     }
 
     /// Whether `conn` is subscribed already. Only a connection that has joined some hub is
@@ -594,15 +601,9 @@ impl Broadcast {
         if Self::has_subscriber(&state, conn) {
             return Resume::AlreadySubscribed;
         }
-        let newest = match state.history.back() {
-            Some(entry) => &entry.id,
-            None => &state.before_history,
-        };
-        let reset = self.inner.reset.clone().id(newest).finish();
-        if !conn.send_unbounded([reset]) {
+        if !self.send_reset(&mut state, conn) {
             return Resume::Ended;
         }
-        state.stats.resets += 1;
         Self::add_subscriber(&mut state, conn);
         Resume::Reset
     }
