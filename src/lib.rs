@@ -264,15 +264,15 @@
 
 //! # Scale-out with Redis
 //!
-//! With the `redis` feature, [`RedisBroadcast`] is a hub shared by several servers behind a load
+//! With the `redis` feature, [`RedisBroadcast`][RedisBroadcast] is a hub shared by several servers behind a load
 //! balancer through one Redis stream (Redis 7.0 or later; keys of one hub share a Redis
-//! Cluster hash slot). [`RedisBroadcast::publish`] appends the event to the stream
-//! (`XADD ... MAXLEN ~`, bounded by [`RedisBuilder::max_len`]) and returns its id; it never
+//! Cluster hash slot). [`RedisBroadcast::publish`][RedisBroadcast::publish] appends the event to the stream
+//! (`XADD ... MAXLEN ~`, bounded by [`RedisBuilder::max_len`][RedisBuilder::max_len]) and returns its id; it never
 //! delivers by itself. Each server runs one reader task per stream, on a Redis connection of
 //! its own, which delivers every entry to the local subscribers, encoding it once per server:
 //! every server, the publishing one included, delivers the same events in the stream's order
-//! with the same ids. [`RedisKeyedBroadcast`] does the same for many keys (users, rooms,
-//! topics) spread over a fixed number of streams ([`RedisBuilder::shards`]), so each server
+//! with the same ids. [`RedisKeyedBroadcast`][RedisKeyedBroadcast] does the same for many keys (users, rooms,
+//! topics) spread over a fixed number of streams ([`RedisBuilder::shards`][RedisBuilder::shards]), so each server
 //! reads a bounded number of streams however many keys there are.
 //!
 //! An id is `<epoch>-<entry id>`: the stream's entry id, and a random epoch that changes when
@@ -281,12 +281,12 @@
 //! reconnecting browser's `Last-Event-ID` is served:
 //!
 //! - from this server's history when it holds everything after the cursor (no Redis call);
-//! - else from Redis (`XRANGE` from the cursor, at most [`RedisBuilder::replay_limit`]
+//! - else from Redis (`XRANGE` from the cursor, at most [`RedisBuilder::replay_limit`][RedisBuilder::replay_limit]
 //!   entries), when the cursor's entry is still in the stream, of the same epoch;
 //! - a cursor another server already delivered and this one has not yet read waits for this
 //!   server's reader (up to 3 seconds);
 //! - otherwise (trimmed, stream deleted or recreated, Redis restarted empty, forged, too far
-//!   behind, or for [`RedisKeyedBroadcast`] an id of another key of the same stream) it gets
+//!   behind, or for [`RedisKeyedBroadcast`][RedisKeyedBroadcast] an id of another key of the same stream) it gets
 //!   the reset event, as with [`Broadcast`].
 //!
 //! The guarantee: each client gets every event once, in order, with no gap and no duplicate,
@@ -296,15 +296,15 @@
 //! the reset event.
 //!
 //! While Redis is unreachable, open streams stay open (keep-alive goes on), publishing fails
-//! with [`PublishError::Redis`] (Redis counts as unreachable when a call gets no answer within
-//! [`RedisBuilder::response_timeout`]), resumes are served from local history where they can be, and
+//! with [`PublishError::Redis`][PublishError::Redis] (Redis counts as unreachable when a call gets no answer within
+//! [`RedisBuilder::response_timeout`][RedisBuilder::response_timeout]), resumes are served from local history where they can be, and
 //! the reader reconnects with backoff and goes on from the last entry it delivered. A failed
-//! publish may or may not have been stored: [`RedisBroadcast::publish_idempotent`] with the
+//! publish may or may not have been stored: [`RedisBroadcast::publish_idempotent`][RedisBroadcast::publish_idempotent] with the
 //! same key stores it exactly once however often it is retried. Whether Redis keeps what it
 //! acknowledged across a crash is Redis's setting: `appendonly yes` with `appendfsync always`
 //! loses nothing acknowledged; with less, a crash may lose the latest acknowledged events.
 //!
-//! A server started while Redis is unreachable fails at [`RedisBuilder::build`].
+//! A server started while Redis is unreachable fails at [`RedisBuilder::build`][RedisBuilder::build].
 //!
 //! # Feature flags
 //!
@@ -318,9 +318,19 @@
     doc = "[json_data]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.Event.html#method.json_data"
 )]
 
-//! - `redis`: [`RedisBroadcast`] and [`RedisKeyedBroadcast`], hubs shared by several servers
+//! - `redis`: [`RedisBroadcast`][RedisBroadcast] and [`RedisKeyedBroadcast`][RedisKeyedBroadcast], hubs shared by several servers
 //!   through Redis Streams, with the `redis` crate (see
 //!   [Scale-out with Redis](#scale-out-with-redis)).
+//!
+// Links to the Redis items: without the `redis` feature, to their published docs.
+#![cfg_attr(
+    feature = "redis",
+    doc = "[RedisBroadcast]: RedisBroadcast\n[RedisKeyedBroadcast]: RedisKeyedBroadcast\n[RedisBroadcast::publish]: RedisBroadcast::publish\n[RedisBroadcast::publish_idempotent]: RedisBroadcast::publish_idempotent\n[RedisBuilder::build]: RedisBuilder::build\n[RedisBuilder::max_len]: RedisBuilder::max_len\n[RedisBuilder::replay_limit]: RedisBuilder::replay_limit\n[RedisBuilder::response_timeout]: RedisBuilder::response_timeout\n[RedisBuilder::shards]: RedisBuilder::shards\n[PublishError::Redis]: PublishError::Redis"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[RedisBroadcast]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html\n[RedisKeyedBroadcast]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisKeyedBroadcast.html\n[RedisBroadcast::publish]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html#method.publish\n[RedisBroadcast::publish_idempotent]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html#method.publish_idempotent\n[RedisBuilder::build]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.build\n[RedisBuilder::max_len]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.max_len\n[RedisBuilder::replay_limit]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.replay_limit\n[RedisBuilder::response_timeout]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.response_timeout\n[RedisBuilder::shards]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.shards\n[PublishError::Redis]: https://docs.rs/tower-eventsource/latest/tower_eventsource/enum.PublishError.html#variant.Redis"
+)]
 
 mod body;
 mod broadcast;
