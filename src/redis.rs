@@ -162,10 +162,8 @@ pub struct RedisBuilder {
     client: Client,
     name: String,
     max_len: usize,
-    history: usize,
-    history_bytes: usize,
-    slow_client: SlowClient,
-    reset: Option<Event>,
+    /// The settings of each local hub (history, slow-client policy, reset event).
+    hub: BroadcastBuilder,
     replay_limit: usize,
     block: Duration,
     idempotency_ttl: Duration,
@@ -178,7 +176,7 @@ impl fmt::Debug for RedisBuilder {
         f.debug_struct("RedisBuilder")
             .field("name", &self.name)
             .field("max_len", &self.max_len)
-            .field("history", &self.history)
+            .field("hub", &self.hub)
             .field("replay_limit", &self.replay_limit)
             .field("block", &self.block)
             .field("shards", &self.shards)
@@ -197,20 +195,20 @@ impl RedisBuilder {
     /// Keeps the latest `events` events of each hub (each key) in this server's memory, so
     /// that resuming from them costs Redis nothing. Default: 1,000.
     pub fn history(mut self, events: usize) -> Self {
-        self.history = events;
+        self.hub = self.hub.history(events);
         self
     }
 
     /// Also bounds each local history by the size of the encoded events, in bytes. Default:
     /// no bound beyond [`history`](Self::history).
     pub fn history_bytes(mut self, bytes: usize) -> Self {
-        self.history_bytes = bytes;
+        self.hub = self.hub.history_bytes(bytes);
         self
     }
 
     /// What to do with a subscriber whose buffer is full. Default: [`SlowClient::Disconnect`].
     pub fn slow_client(mut self, policy: SlowClient) -> Self {
-        self.slow_client = policy;
+        self.hub = self.hub.slow_client(policy);
         self
     }
 
@@ -221,8 +219,7 @@ impl RedisBuilder {
     ///
     /// When the event cannot be encoded (see [`EncodeError`]).
     pub fn reset_event(mut self, event: Event) -> Result<Self, EncodeError> {
-        event.validate()?;
-        self.reset = Some(event);
+        self.hub = self.hub.reset_event(event)?;
         Ok(self)
     }
 
@@ -300,10 +297,7 @@ impl RedisBroadcast {
             client,
             name: name.into(),
             max_len: 10_000,
-            history: 1_000,
-            history_bytes: usize::MAX,
-            slow_client: SlowClient::Disconnect,
-            reset: None,
+            hub: Broadcast::builder().history(1_000),
             replay_limit: 1_000,
             block: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(3600),
@@ -587,10 +581,7 @@ struct Common {
     script: Script,
     keyed: bool,
     max_len: usize,
-    history: usize,
-    history_bytes: usize,
-    slow_client: SlowClient,
-    reset: Option<Event>,
+    hub: BroadcastBuilder,
     replay_limit: usize,
     block: Duration,
     idempotency_ttl: Duration,
@@ -667,10 +658,7 @@ impl Hub {
             script: Script::new(PUBLISH),
             keyed,
             max_len: builder.max_len,
-            history: builder.history,
-            history_bytes: builder.history_bytes,
-            slow_client: builder.slow_client,
-            reset: builder.reset,
+            hub: builder.hub,
             replay_limit: builder.replay_limit,
             block: builder.block,
             idempotency_ttl: builder.idempotency_ttl,
@@ -1001,20 +989,7 @@ impl Common {
     }
 
     fn new_broadcast(&self) -> Broadcast {
-        let builder = || -> BroadcastBuilder {
-            Broadcast::builder()
-                .history(self.history)
-                .history_bytes(self.history_bytes)
-                .slow_client(self.slow_client)
-        };
-        match &self.reset {
-            // Validated by `RedisBuilder::reset_event`.
-            Some(reset) => builder()
-                .reset_event(reset.clone())
-                .unwrap_or_else(|_| builder()),
-            None => builder(),
-        }
-        .build()
+        self.hub.clone().build()
     }
 }
 
