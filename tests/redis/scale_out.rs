@@ -665,17 +665,25 @@ async fn a_retried_publish_with_the_same_idempotency_key_stores_one_entry() {
     assert_eq!(expect(&mut events, &["paid", "paid"]).await, [first, other]);
 }
 
+/// A keyed hub on `redis`'s "rooms" streams, keeping `history` events of each key locally.
+async fn keyed_hub(
+    redis: &RedisServer,
+    history: usize,
+    shards: usize,
+) -> Result<RedisKeyedBroadcast, redis::RedisError> {
+    RedisBroadcast::builder(redis.client(), "rooms")
+        .block(Duration::from_millis(200))
+        .history(history)
+        .shards(shards)
+        .build_keyed()
+        .await
+}
+
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     let redis = RedisServer::start().await;
-    let keyed = |history| {
-        RedisBroadcast::builder(redis.client(), "rooms")
-            .block(Duration::from_millis(200))
-            .history(history)
-            .shards(4)
-            .build_keyed()
-    };
+    let keyed = |history| keyed_hub(&redis, history, 4);
     let a = keyed(100).await.unwrap();
     let b = keyed(1).await.unwrap();
     let (addr_b, _) = (serve(Hub::Keyed(b.clone())).await, ());
@@ -715,13 +723,7 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn an_id_of_another_key_of_the_same_stream_gets_the_reset() {
     let redis = RedisServer::start().await;
-    let keyed = |history| {
-        RedisBroadcast::builder(redis.client(), "rooms")
-            .block(Duration::from_millis(200))
-            .history(history)
-            .shards(1)
-            .build_keyed()
-    };
+    let keyed = |history| keyed_hub(&redis, history, 1);
     let a = keyed(100).await.unwrap();
     let b = keyed(100).await.unwrap();
     let addr_b = serve(Hub::Keyed(b.clone())).await;
