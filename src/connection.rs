@@ -706,8 +706,16 @@ pub(crate) fn stream_runtime() -> Option<Handle> {
     has_timers(&runtime).then_some(runtime)
 }
 
-/// Whether `runtime` has a time driver. tokio offers no way to ask but to make a timer, which
-/// panics without one; the answer is kept per runtime, so a runtime is asked once.
+/// Whether `runtime` has a time driver.
+///
+/// tokio has no query for it: the only way to learn it is to make a timer, which panics
+/// without the driver. A runtime with the driver never panics here. A runtime without one
+/// costs one caught panic, the first time a stream starts on it: the panic hook runs (the
+/// default one prints tokio's message, which names `enable_time`), and in a build with
+/// `panic = "abort"` the process aborts there instead of answering `500`. The answer is kept
+/// per runtime, so a runtime is asked once.
+// A panic-free query, `Handle::has_time_driver`, is proposed upstream (tokio-rs/tokio#8361);
+// it would replace the probe.
 fn has_timers(runtime: &Handle) -> bool {
     use std::sync::OnceLock;
     type Seen = Mutex<VecDeque<(tokio::runtime::Id, bool)>>;

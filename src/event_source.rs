@@ -167,7 +167,11 @@ impl EventSource {
     /// Without a usable tokio runtime (none on this thread, or one built without
     /// `enable_time`, which keep-alive and the send timeout need), the response is an empty
     /// `500 Internal Server Error` and the connection has already ended: pushes fail with
-    /// [`PushError::Disconnected`](crate::PushError::Disconnected).
+    /// [`PushError::Disconnected`](crate::PushError::Disconnected). tokio tells a runtime
+    /// without `enable_time` only by panicking when a timer is made, so the first stream on
+    /// such a runtime catches that panic: the panic hook runs once for the runtime (the
+    /// default hook prints tokio's message), and a build with `panic = "abort"` aborts
+    /// instead of answering `500`.
     ///
     /// # `HEAD` requests
     ///

@@ -50,6 +50,9 @@ type Check = dyn Fn(&Parts) -> Result<(), StatusCode> + Send + Sync;
 /// | the [`check`](Self::check) refuses | the status it returned, no body |
 /// | no usable tokio runtime to spawn the handler on | `500` |
 ///
+/// A runtime without the time driver gets that `500` through a caught panic, as
+/// [`EventSource::connect`] describes (with `panic = "abort"`, the process aborts).
+///
 /// The stream's headers are those of [`EventSource::header`]. There is never a
 /// `Content-Length` or `Connection` header.
 #[must_use]

@@ -346,6 +346,48 @@ fn on_a_runtime_without_the_time_driver_connect_and_the_service_answer_500() {
     runtime.block_on(async { assert_connect_answers_500() });
 }
 
+/// Runs `f` and returns how many panics happened on this thread meanwhile, leaving the panic
+/// hook as it was.
+fn panics_on_this_thread(f: impl FnOnce()) -> usize {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let previous = Arc::new(std::panic::take_hook());
+    let count = Arc::new(AtomicUsize::new(0));
+    let (hook_previous, hook_count) = (Arc::clone(&previous), Arc::clone(&count));
+    let thread = std::thread::current().id();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == thread {
+            hook_count.fetch_add(1, Ordering::SeqCst);
+        }
+        hook_previous(info);
+    }));
+    f();
+    drop(std::panic::take_hook());
+    std::panic::set_hook(Arc::into_inner(previous).expect("the counting hook is gone"));
+    count.load(Ordering::SeqCst)
+}
+
+/// tokio has no query for the time driver, so a runtime without it is recognised by a timer
+/// panicking in tokio: once for that runtime, not once per request.
+#[test]
+fn a_runtime_without_the_time_driver_costs_one_caught_panic_not_one_per_request() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let panics = panics_on_this_thread(|| {
+        runtime.block_on(async {
+            for _ in 0..3 {
+                assert_connect_answers_500();
+                let response = refusing_service().oneshot(Request::new(())).await.unwrap();
+                assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        });
+    });
+    assert_eq!(panics, 1);
+}
+
 #[test]
 fn event_source_is_send_sync_clone_and_debug() {
     fn is<T: Send + Sync + Clone + std::fmt::Debug + Default>() {}
