@@ -227,11 +227,6 @@ pub enum EncodeError {
     LineBreakInEventName,
     /// The event has a name but no data line; browsers never fire such an event.
     EventNameWithoutData,
-    /// A hub with a history was given an id that a browser could not send back intact in
-    /// `Last-Event-ID`, so it could never resume from it: an empty id, one longer than 1024
-    /// bytes, one with a control character, or one that starts or ends with a space or tab
-    /// (HTTP strips those).
-    UnresumableId,
 }
 
 impl fmt::Display for EncodeError {
@@ -243,35 +238,16 @@ impl fmt::Display for EncodeError {
             EncodeError::EventNameWithoutData => {
                 "event has a name but no data line, so browsers would never fire it"
             }
-            EncodeError::UnresumableId => {
-                "event id cannot come back intact in Last-Event-ID (empty, over 1024 bytes, \
-                 a control character, or a leading or trailing space or tab), so a hub \
-                 could never resume from it"
-            }
         })
     }
 }
 
 impl std::error::Error for EncodeError {}
 
-/// Writes `prefix value LF`, for a value already known to hold no line break.
-/// The longest `Last-Event-ID` value, in bytes, that a stream accepts; a hub with a history
-/// refuses longer ids, so every id it hands out can come back.
+/// The longest `Last-Event-ID` value, in bytes, that a stream accepts.
 pub(crate) const MAX_ID_LEN: usize = 1024;
 
-/// Whether a browser can send `id` back intact in `Last-Event-ID`: a header value that is not
-/// empty, not longer than [`MAX_ID_LEN`], free of control characters (HTTP servers refuse
-/// them), and without leading or trailing whitespace (HTTP strips it).
-pub(crate) fn is_resumable_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    let space = |b: &u8| *b == b' ' || *b == b'\t';
-    !bytes.is_empty()
-        && bytes.len() <= MAX_ID_LEN
-        && !bytes.first().is_some_and(space)
-        && !bytes.last().is_some_and(space)
-        && !bytes.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-}
-
+/// Writes `prefix value LF`, for a value already known to hold no line break.
 fn put_field(buf: &mut BytesMut, prefix: &[u8], value: &str) {
     buf.reserve(prefix.len() + value.len() + 2);
     buf.extend_from_slice(prefix);

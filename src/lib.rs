@@ -333,31 +333,30 @@
 )]
 
 mod body;
-mod broadcast;
 mod connection;
 mod error;
 mod event;
 mod event_source;
-mod keyed;
-#[cfg(feature = "redis")]
-mod redis;
+mod hub;
 mod service;
 mod shutdown;
 #[cfg(test)]
 mod testing;
 
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use crate::redis::{
-    PublishError, RedisBroadcast, RedisBuilder, RedisKeyedBroadcast, RedisStats,
-};
 pub use body::EventStreamBody;
-pub use broadcast::{Broadcast, BroadcastBuilder, BroadcastStats, Resume, Sent, SlowClient};
 pub use connection::Connection;
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
 pub use event_source::EventSource;
-pub use keyed::{KeyedBroadcast, KeyedBroadcastBuilder, KeyedBroadcastStats};
+pub use hub::{
+    BackendError, Broadcast, BroadcastBuilder, BroadcastStats, HistoryEntry, KeyedBroadcast,
+    KeyedBroadcastBuilder, KeyedBroadcastStats, Resume, SendError, Sent, SlowClient,
+};
+/// The `redis` crate this one is built with, for the `redis::Client` a hub's
+/// [`BroadcastBuilder::redis`] takes.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;
 pub use service::{EventSourceService, HandlerOutput, ResponseFuture};
 pub use shutdown::Shutdown;
 

@@ -1,0 +1,500 @@
+//! One stream of events and this server's subscribers to it: the history a reconnecting
+//! browser resumes from, and the fan-out of each event to every subscriber's buffer.
+//!
+//! Every hub is made of topics: a [`Broadcast`](crate::Broadcast) has one, a
+//! [`KeyedBroadcast`](crate::KeyedBroadcast) one per key and one for all keys. A topic's
+//! events are numbered 1, 2, 3, … within its epoch (a random name it gets when its numbering
+//! starts), and an event's id is `<epoch>-<number>`: an id of another topic, another hub or
+//! an earlier life of this one never matches. In-process a topic numbers its own events; fed
+//! by a backend it takes the numbers the backend gave them.
+
+use super::{BroadcastStats, HistoryEntry, Resume, Sent, Settings, SlowClient};
+use crate::connection::{Connection, Refused};
+use bytes::{Bytes, BytesMut};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tokio::time::Instant;
+
+pub(crate) struct Topic {
+    settings: Arc<Settings>,
+    /// Fed by a backend: it learns its epoch and numbers from the events it is given.
+    fed: bool,
+    state: Mutex<State>,
+}
+
+struct State {
+    subscribers: Vec<Connection>,
+    /// Prune gone subscribers when a subscribe finds the list this long.
+    prune_at: usize,
+    /// `None` for a fed topic that does not know where its backend's numbering stands.
+    epoch: Option<Arc<str>>,
+    /// The number of the newest event.
+    newest: u64,
+    /// The number just before the oldest kept event: the history holds every event after it.
+    before: u64,
+    history: VecDeque<Entry>,
+    history_size: usize,
+    /// The backend lost track while connections were subscribed: they get the reset event
+    /// as soon as the topic knows where its numbering stands again.
+    missed: bool,
+    /// Idempotency keys seen by an in-process topic, with the id they got and when they
+    /// expire.
+    idempotent: HashMap<Box<str>, (Box<str>, Instant)>,
+    idempotent_prune_at: usize,
+    stats: BroadcastStats,
+}
+
+struct Entry {
+    number: u64,
+    frame: Bytes,
+}
+
+/// An event id this crate's hubs hand out: `<epoch>-<number>`.
+pub(crate) fn parse_id(id: &str) -> Option<(&str, u64)> {
+    let (epoch, number) = id.split_once('-')?;
+    let valid_epoch = !epoch.is_empty()
+        && epoch.len() <= 32
+        && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid_number =
+        !number.is_empty() && number.len() <= 20 && number.bytes().all(|b| b.is_ascii_digit());
+    if !valid_epoch || !valid_number {
+        return None;
+    }
+    Some((epoch, number.parse().ok()?))
+}
+
+/// A new epoch: 16 hex digits that no other topic is likely to have had.
+pub(crate) fn new_epoch() -> Arc<str> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let seed = (nanos, COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", RandomState::new().hash_one(seed)).into()
+}
+
+/// An event's frame: its fields (each ending with LF), then its id, then the blank line.
+pub(crate) fn frame_with_id(fields: &[u8], epoch: &str, number: u64) -> Bytes {
+    use std::fmt::Write as _;
+    let mut frame = BytesMut::with_capacity(fields.len() + epoch.len() + 28);
+    frame.extend_from_slice(fields);
+    frame.extend_from_slice(b"id: ");
+    frame.extend_from_slice(epoch.as_bytes());
+    // Writing to a `BytesMut` cannot fail.
+    let _ = write!(frame, "-{number}\n\n");
+    frame.freeze()
+}
+
+impl Topic {
+    /// A topic that numbers its own events, from 1 in a new epoch.
+    pub(crate) fn local(settings: Arc<Settings>) -> Topic {
+        Self::new(settings, false, Some(new_epoch()))
+    }
+
+    /// A topic fed by a backend, which does not know its numbering yet.
+    pub(crate) fn fed(settings: Arc<Settings>) -> Topic {
+        Self::new(settings, true, None)
+    }
+
+    fn new(settings: Arc<Settings>, fed: bool, epoch: Option<Arc<str>>) -> Topic {
+        Topic {
+            settings,
+            fed,
+            state: Mutex::new(State {
+                subscribers: Vec::new(),
+                prune_at: 64,
+                epoch,
+                newest: 0,
+                before: 0,
+                history: VecDeque::new(),
+                history_size: 0,
+                missed: false,
+                idempotent: HashMap::new(),
+                idempotent_prune_at: 64,
+                stats: BroadcastStats::default(),
+            }),
+        }
+    }
+
+    fn has_history(&self) -> bool {
+        self.settings.history_events > 0
+    }
+
+    /// Numbers, keeps and delivers an event an in-process hub was given; the event is valid.
+    pub(crate) fn send(&self, event: crate::Event) -> Sent {
+        let mut state = self.lock();
+        self.send_locked(&mut state, event)
+    }
+
+    fn send_locked(&self, state: &mut State, event: crate::Event) -> Sent {
+        state.newest += 1;
+        let number = state.newest;
+        if !self.has_history() {
+            let id = event.last_id().map(Box::from);
+            state.before = number;
+            let reached = self.deliver(state, &event.finish());
+            return Sent {
+                id,
+                reached: Some(reached),
+            };
+        }
+        let epoch = state.epoch.clone().unwrap_or_else(new_epoch);
+        let id = format!("{epoch}-{number}");
+        let frame = event.id(&id).finish();
+        self.remember(state, number, frame.clone());
+        let reached = self.deliver(state, &frame);
+        Sent {
+            id: Some(id.into()),
+            reached: Some(reached),
+        }
+    }
+
+    /// Like [`send`](Self::send), at most once for `key` within the idempotency lifetime:
+    /// a repeat returns the first send's id and sends nothing.
+    pub(crate) fn send_idempotent(&self, key: &str, event: crate::Event) -> Sent {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if let Some((id, until)) = state.idempotent.get(key) {
+            if now < *until {
+                return Sent {
+                    id: Some(id.clone()),
+                    reached: Some(0),
+                };
+            }
+        }
+        if state.idempotent.len() >= state.idempotent_prune_at {
+            state.idempotent.retain(|_, (_, until)| now < *until);
+            state.idempotent_prune_at = (state.idempotent.len() * 2).max(64);
+        }
+        let sent = self.send_locked(&mut state, event);
+        let until = now + self.settings.idempotency_ttl;
+        let id = sent.id.clone().unwrap_or_default();
+        state.idempotent.insert(key.into(), (id, until));
+        sent
+    }
+
+    /// Keeps and delivers events a backend numbered, in order: `frames` are each event's
+    /// number and wire bytes. Delivered as one piece, so that a batch takes one place in each
+    /// subscriber's buffer. An event of another epoch, or after a gap, starts the numbering
+    /// over: the subscribers missed something, so they first get the reset event.
+    pub(crate) fn feed(&self, epoch: &str, frames: &[(u64, Bytes)]) {
+        let Some((first, _)) = frames.first() else {
+            return;
+        };
+        let mut state = self.lock();
+        let state = &mut *state;
+        // Without a history the numbers are the whole hub's, with gaps for other keys.
+        let continues = state.epoch.as_deref() == Some(epoch)
+            && (!self.has_history() || *first <= state.newest + 1);
+        if !continues {
+            state.missed |= state.epoch.is_some();
+            state.epoch = None;
+            self.learn(state, epoch, first - 1);
+        }
+        let mut joined = Vec::with_capacity(frames.len());
+        for (number, frame) in frames {
+            if *number <= state.newest {
+                continue;
+            }
+            state.newest = *number;
+            if self.has_history() {
+                self.remember(state, *number, frame.clone());
+            } else {
+                state.before = *number;
+            }
+            joined.push(frame.clone());
+        }
+        let count = joined.len() as u64;
+        let piece = match joined.len() {
+            0 => return,
+            1 => joined.pop().unwrap_or_default(),
+            _ => joined.concat().into(),
+        };
+        self.deliver(state, &piece);
+        // `deliver` counted the piece as one event.
+        state.stats.events_sent += count - 1;
+    }
+
+    /// Forgets where the numbering stands: the backend lost track, so the subscribers may
+    /// have missed events, and get the reset event once the topic knows where it stands.
+    pub(crate) fn restart(&self) {
+        let mut state = self.lock();
+        state.missed |= !state.subscribers.is_empty();
+        state.epoch = None;
+        state.history.clear();
+        state.history_size = 0;
+    }
+
+    /// Subscribes `conn` if this topic can tell where it resumes by itself: live without a
+    /// cursor (or without history); a replay when the history holds everything after the
+    /// cursor; the reset event when an in-process topic does not know the cursor. `None`
+    /// when a fed topic must ask its backend.
+    pub(crate) fn subscribe_here(
+        &self,
+        conn: &Connection,
+        cursor: Option<&str>,
+        unusable: bool,
+    ) -> Option<Resume> {
+        let mut state = self.lock();
+        if Self::has_subscriber(&state, conn) {
+            return Some(Resume::AlreadySubscribed);
+        }
+        if conn.is_closed() {
+            return Some(Resume::Ended);
+        }
+        if !self.has_history() || (cursor.is_none() && !unusable) {
+            Self::add_subscriber(&mut state, conn);
+            return Some(Resume::Live);
+        }
+        let cursor = cursor.filter(|_| !unusable).and_then(parse_id);
+        let epoch = state.epoch.clone();
+        match (cursor, epoch) {
+            (Some((cursor_epoch, after)), Some(epoch))
+                if cursor_epoch == &*epoch && state.before <= after && after <= state.newest =>
+            {
+                Some(self.replay(&mut state, conn, Vec::new(), after))
+            }
+            (_, Some(epoch)) if !self.fed || unusable => {
+                let newest = state.newest;
+                Some(self.reset(&mut state, conn, &epoch, newest))
+            }
+            _ => None,
+        }
+    }
+
+    /// Subscribes `conn` after what its backend found for the cursor `after` of `epoch`:
+    /// `page` holds every event after it up to `newest` (the backend's newest when it
+    /// looked). Called once this topic has been fed at least that far, it replays the page
+    /// and then what the history holds after it; when the history has moved on past the page
+    /// (or to another epoch), the reset event.
+    pub(crate) fn subscribe_after(
+        &self,
+        conn: &Connection,
+        epoch: &str,
+        after: u64,
+        page: Vec<(u64, Bytes)>,
+        newest: u64,
+    ) -> Resume {
+        let mut state = self.lock();
+        if Self::has_subscriber(&state, conn) {
+            return Resume::AlreadySubscribed;
+        }
+        if conn.is_closed() {
+            return Resume::Ended;
+        }
+        self.learn(&mut state, epoch, newest);
+        let matches = state.epoch.as_deref() == Some(epoch)
+            && state.before <= newest
+            && newest <= state.newest;
+        if !matches {
+            let epoch = state.epoch.clone().unwrap_or_else(|| epoch.into());
+            let newest = state.newest;
+            return self.reset(&mut state, conn, &epoch, newest);
+        }
+        let frames = page
+            .into_iter()
+            .filter(|(number, _)| after < *number && *number <= newest)
+            .map(|(_, frame)| frame)
+            .collect();
+        self.replay(&mut state, conn, frames, newest)
+    }
+
+    /// Sends `conn` the reset event and subscribes it; the id is the newest of this topic, or
+    /// when it does not know its numbering, `newest` of `epoch` as its backend said.
+    pub(crate) fn subscribe_reset(&self, conn: &Connection, epoch: &str, newest: u64) -> Resume {
+        let mut state = self.lock();
+        if Self::has_subscriber(&state, conn) {
+            return Resume::AlreadySubscribed;
+        }
+        if conn.is_closed() {
+            return Resume::Ended;
+        }
+        self.learn(&mut state, epoch, newest);
+        let epoch = state.epoch.clone().unwrap_or_else(|| epoch.into());
+        let newest = state.newest;
+        self.reset(&mut state, conn, &epoch, newest)
+    }
+
+    /// A fed topic that does not know its numbering takes the backend's: it has been fed
+    /// everything after `newest` of `epoch`, which is none so far.
+    fn learn(&self, state: &mut State, epoch: &str, newest: u64) {
+        if state.epoch.is_some() {
+            return;
+        }
+        state.epoch = Some(epoch.into());
+        state.history.clear();
+        state.history_size = 0;
+        state.before = newest;
+        state.newest = newest;
+        if std::mem::take(&mut state.missed) && self.has_history() {
+            let frame = self.reset_frame(epoch, newest);
+            let stats = &mut state.stats;
+            state.subscribers.retain(|conn| {
+                let open = conn.send_unbounded([frame.clone()]);
+                stats.resets += u64::from(open);
+                open
+            });
+        }
+    }
+
+    fn reset_frame(&self, epoch: &str, newest: u64) -> Bytes {
+        self.settings
+            .reset
+            .clone()
+            .id(format!("{epoch}-{newest}"))
+            .finish()
+    }
+
+    /// Queues `first`, then the kept events after `after`, and subscribes `conn`.
+    fn replay(
+        &self,
+        state: &mut State,
+        conn: &Connection,
+        mut frames: Vec<Bytes>,
+        after: u64,
+    ) -> Resume {
+        let start = state.history.partition_point(|entry| entry.number <= after);
+        frames.extend(state.history.range(start..).map(|entry| entry.frame.clone()));
+        let count = frames.len();
+        if !conn.send_unbounded(frames) {
+            return Resume::Ended;
+        }
+        state.stats.deliveries += count as u64;
+        state.stats.replays += 1;
+        Self::add_subscriber(state, conn);
+        Resume::Replayed(count)
+    }
+
+    fn reset(&self, state: &mut State, conn: &Connection, epoch: &str, newest: u64) -> Resume {
+        if !conn.send_unbounded([self.reset_frame(epoch, newest)]) {
+            return Resume::Ended;
+        }
+        state.stats.resets += 1;
+        Self::add_subscriber(state, conn);
+        Resume::Reset
+    }
+
+    /// Whether `conn` is subscribed already. Only a connection that has joined some hub is
+    /// looked for, newest first.
+    fn has_subscriber(state: &State, conn: &Connection) -> bool {
+        conn.has_joined_a_hub()
+            && state
+                .subscribers
+                .iter()
+                .rev()
+                .any(|subscriber| subscriber.is_same_stream(conn))
+    }
+
+    /// Keeps a clone of `conn`, first forgetting gone subscribers when the list has doubled
+    /// since they were last forgotten.
+    fn add_subscriber(state: &mut State, conn: &Connection) {
+        if state.subscribers.len() >= state.prune_at {
+            state.subscribers.retain(|s| !s.is_closed());
+            state.prune_at = (state.subscribers.len() * 2).max(64);
+        }
+        conn.note_joined_hub();
+        state.subscribers.push(conn.clone());
+    }
+
+    fn deliver(&self, state: &mut State, frame: &Bytes) -> usize {
+        let mut reached = 0;
+        let stats = &mut state.stats;
+        let policy = self.settings.slow_client;
+        state
+            .subscribers
+            .retain(|subscriber| match subscriber.try_send(frame.clone()) {
+                Ok(()) => {
+                    reached += 1;
+                    true
+                }
+                Err((Refused::Full, _)) if policy == SlowClient::Skip => {
+                    stats.events_skipped += 1;
+                    true
+                }
+                Err((Refused::Full, _)) => {
+                    subscriber.close();
+                    stats.slow_disconnects += 1;
+                    false
+                }
+                Err((Refused::Ended, _)) => false,
+            });
+        stats.events_sent += 1;
+        stats.deliveries += reached as u64;
+        reached
+    }
+
+    fn remember(&self, state: &mut State, number: u64, frame: Bytes) {
+        state.history_size += frame.len();
+        state.history.push_back(Entry { number, frame });
+        while state.history.len() > self.settings.history_events
+            || state.history_size > self.settings.history_bytes
+        {
+            let Some(oldest) = state.history.pop_front() else {
+                break;
+            };
+            state.history_size -= oldest.frame.len();
+            state.before = oldest.number;
+        }
+    }
+
+    /// The latest kept events, at most `count`, oldest first.
+    pub(crate) fn recent(&self, count: usize) -> Vec<HistoryEntry> {
+        let state = self.lock();
+        let skip = state.history.len().saturating_sub(count);
+        state
+            .history
+            .range(skip..)
+            .map(|entry| HistoryEntry::parse(&entry.frame))
+            .collect()
+    }
+
+    pub(crate) fn stats(&self) -> BroadcastStats {
+        let mut state = self.lock();
+        state.subscribers.retain(|s| !s.is_closed());
+        BroadcastStats {
+            subscribers: state.subscribers.len(),
+            ..state.stats
+        }
+    }
+
+    /// Closes every subscriber's stream once what is queued has been sent, and forgets them.
+    pub(crate) fn close_all(&self) {
+        let subscribers = std::mem::take(&mut self.lock().subscribers);
+        for subscriber in subscribers {
+            subscriber.close();
+        }
+    }
+
+    /// Whether an open connection is subscribed; when none is, the closed ones are forgotten.
+    /// Usually answered by the first subscriber.
+    pub(crate) fn has_open_subscribers(&self) -> bool {
+        let mut state = self.lock();
+        let open = state.subscribers.iter().any(|s| !s.is_closed());
+        if !open {
+            state.subscribers.clear();
+        }
+        open
+    }
+
+    /// The epoch and newest number, when the topic knows them.
+    #[cfg(test)]
+    pub(crate) fn position(&self) -> Option<(Arc<str>, u64)> {
+        let state = self.lock();
+        Some((state.epoch.clone()?, state.newest))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across user code, so a poisoned lock still holds a
+        // consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
