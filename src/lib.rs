@@ -199,8 +199,11 @@
 //! [`Broadcast`] sends one event to many connections: it encodes it once, hands the same bytes
 //! to every subscriber, never waits for a slow one ([`SlowClient`]), and with a history replays
 //! exactly what a reconnecting browser missed, or sends a reset event when it cannot.
-//! [`KeyedBroadcast`] keeps one such hub per key (a user, a room, a topic), creating each on
-//! first use and dropping it when it is no longer wanted.
+//! [`KeyedBroadcast`] keeps one such hub per key (a user, a room, an order), creating each on
+//! first use and dropping it when it is no longer wanted, and follows all keys at once with
+//! [`KeyedBroadcast::subscribe_all`]. Both run in-process or, with one more line on the
+//! builder, shared by several servers; see [Scale-out](#scale-out-with-redis) and the
+//! [guarantees](Broadcast#guarantees), which are the same on every backend.
 //!
 //! # Shutdown
 //!
@@ -231,8 +234,10 @@
 //! let events = EventSourceService::new({
 //!     let hub = hub.clone();
 //!     move |conn: Connection, _req: http::Request<()>| {
-//!         hub.subscribe(&conn);
-//!         async {}
+//!         let hub = hub.clone();
+//!         async move {
+//!             hub.subscribe(&conn).await;
+//!         }
 //!     }
 //! });
 //!
@@ -245,7 +250,7 @@
 //! })
 //! .await
 //! .expect("the handler subscribes");
-//! hub.send(Event::new().event("tick").id("7").data("hello")).unwrap();
+//! hub.send(Event::new().event("tick").id("7").data("hello")).await.unwrap();
 //!
 //! let mut stream = response.into_body().into_data_stream().eventsource();
 //! let event = timeout(Duration::from_secs(5), stream.next())
@@ -264,47 +269,36 @@
 
 //! # Scale-out with Redis
 //!
-//! With the `redis` feature, [`RedisBroadcast`][RedisBroadcast] is a hub shared by several servers behind a load
-//! balancer through one Redis stream (Redis 7.0 or later; keys of one hub share a Redis
-//! Cluster hash slot). [`RedisBroadcast::publish`][RedisBroadcast::publish] appends the event to the stream
-//! (`XADD ... MAXLEN ~`, bounded by [`RedisBuilder::max_len`][RedisBuilder::max_len]) and returns its id; it never
-//! delivers by itself. Each server runs one reader task per stream, on a Redis connection of
-//! its own, which delivers every entry to the local subscribers, encoding it once per server:
-//! every server, the publishing one included, delivers the same events in the stream's order
-//! with the same ids. [`RedisKeyedBroadcast`][RedisKeyedBroadcast] does the same for many keys (users, rooms,
-//! topics) spread over a fixed number of streams ([`RedisBuilder::shards`][RedisBuilder::shards]), so each server
-//! reads a bounded number of streams however many keys there are.
+//! With the `redis` feature, [`BroadcastBuilder::redis`][redis] (and the same on
+//! [`KeyedBroadcastBuilder`]) shares a hub among several servers behind a load balancer
+//! through Redis Streams (Redis 7.0 or later; the keys of one hub share one Redis Cluster hash
+//! slot). It is the only line that changes: every method, type and guarantee stays the same.
 //!
-//! An id is `<epoch>-<entry id>`: the stream's entry id, and a random epoch that changes when
-//! the stream is lost or recreated (deleted, or Redis restarted without its data), so an id
-//! from any server is a cursor on every server, and a stale one is recognised as such. A
-//! reconnecting browser's `Last-Event-ID` is served:
-//!
-//! - from this server's history when it holds everything after the cursor (no Redis call);
-//! - else from Redis (`XRANGE` from the cursor, at most [`RedisBuilder::replay_limit`][RedisBuilder::replay_limit]
-//!   entries), when the cursor's entry is still in the stream, of the same epoch;
-//! - a cursor another server already delivered and this one has not yet read waits for this
-//!   server's reader (up to 3 seconds);
-//! - otherwise (trimmed, stream deleted or recreated, Redis restarted empty, forged, too far
-//!   behind, or for [`RedisKeyedBroadcast`][RedisKeyedBroadcast] an id of another key of the same stream) it gets
-//!   the reset event, as with [`Broadcast`].
+//! A send runs one Lua script that numbers the event, appends it to the hub's stream (and,
+//! for a keyed hub, to the key's own stream, which holds the key's last `history(n)` events),
+//! and records its idempotency key; it never delivers by itself. Each server runs one reader
+//! task per hub, on a Redis connection of its own, which tails the hub's stream and delivers
+//! every event to this server's subscribers, encoding it once per server: every server, the
+//! sending one included, delivers the same events in the same order with the same ids. A
+//! reconnecting browser's `Last-Event-ID` is served from this server's history when it holds
+//! everything after it (no Redis call), else from the key's stream in Redis, spliced with what
+//! the reader delivers; anything else gets the reset event.
 //!
 //! The guarantee: each client gets every event once, in order, with no gap and no duplicate,
 //! or exactly one reset event, after which it gets every event after the reset's id. When a
-//! server's reader finds that it may have missed entries (a new epoch, or the stream trimmed
-//! past the last entry it read), it closes its subscribers' streams; they reconnect and get
-//! the reset event.
+//! server's reader finds that it may have missed events (the history lost or recreated, or the
+//! stream trimmed past it), its subscribers get the reset event.
 //!
-//! While Redis is unreachable, open streams stay open (keep-alive goes on), publishing fails
-//! with [`PublishError::Redis`][PublishError::Redis] (Redis counts as unreachable when a call gets no answer within
-//! [`RedisBuilder::response_timeout`][RedisBuilder::response_timeout]), resumes are served from local history where they can be, and
-//! the reader reconnects with backoff and goes on from the last entry it delivered. A failed
-//! publish may or may not have been stored: [`RedisBroadcast::publish_idempotent`][RedisBroadcast::publish_idempotent] with the
-//! same key stores it exactly once however often it is retried. Whether Redis keeps what it
-//! acknowledged across a crash is Redis's setting: `appendonly yes` with `appendfsync always`
-//! loses nothing acknowledged; with less, a crash may lose the latest acknowledged events.
-//!
-//! A server started while Redis is unreachable fails at [`RedisBuilder::build`][RedisBuilder::build].
+//! While Redis is unreachable, open streams stay open (keep-alive goes on), sends fail within
+//! the [response timeout](BroadcastBuilder::response_timeout) with a [`SendError`] that says
+//! whether the event may have been stored, resumes are served from local history where they
+//! can be (else the stream is closed, [`Resume::Unavailable`], and the browser retries), and
+//! the reader reconnects with backoff and goes on from the last event it delivered. Every send
+//! carries an idempotency key (its own, or the one given to
+//! [`send_idempotent`](Broadcast::send_idempotent)), so a send whose connection broke is
+//! retried once without being stored twice. Whether Redis keeps what it acknowledged across a
+//! crash is Redis's setting: `appendonly yes` with `appendfsync always` loses nothing
+//! acknowledged; with less, a crash may lose the latest acknowledged events.
 //!
 //! # Feature flags
 //!
@@ -318,18 +312,15 @@
     doc = "[json_data]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.Event.html#method.json_data"
 )]
 
-//! - `redis`: [`RedisBroadcast`][RedisBroadcast] and [`RedisKeyedBroadcast`][RedisKeyedBroadcast], hubs shared by several servers
-//!   through Redis Streams, with the `redis` crate (see
-//!   [Scale-out with Redis](#scale-out-with-redis)).
+//! - `redis`: [`BroadcastBuilder::redis`][redis] and `KeyedBroadcastBuilder::redis`, hubs
+//!   shared by several servers through Redis Streams, with the `redis` crate (re-exported as
+//!   `tower_eventsource::redis`; see [Scale-out with Redis](#scale-out-with-redis)).
 //!
 // Links to the Redis items: without the `redis` feature, to their published docs.
-#![cfg_attr(
-    feature = "redis",
-    doc = "[RedisBroadcast]: RedisBroadcast\n[RedisKeyedBroadcast]: RedisKeyedBroadcast\n[RedisBroadcast::publish]: RedisBroadcast::publish\n[RedisBroadcast::publish_idempotent]: RedisBroadcast::publish_idempotent\n[RedisBuilder::build]: RedisBuilder::build\n[RedisBuilder::max_len]: RedisBuilder::max_len\n[RedisBuilder::replay_limit]: RedisBuilder::replay_limit\n[RedisBuilder::response_timeout]: RedisBuilder::response_timeout\n[RedisBuilder::shards]: RedisBuilder::shards\n[PublishError::Redis]: PublishError::Redis"
-)]
+#![cfg_attr(feature = "redis", doc = "[redis]: BroadcastBuilder::redis")]
 #![cfg_attr(
     not(feature = "redis"),
-    doc = "[RedisBroadcast]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html\n[RedisKeyedBroadcast]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisKeyedBroadcast.html\n[RedisBroadcast::publish]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html#method.publish\n[RedisBroadcast::publish_idempotent]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBroadcast.html#method.publish_idempotent\n[RedisBuilder::build]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.build\n[RedisBuilder::max_len]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.max_len\n[RedisBuilder::replay_limit]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.replay_limit\n[RedisBuilder::response_timeout]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.response_timeout\n[RedisBuilder::shards]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.RedisBuilder.html#method.shards\n[PublishError::Redis]: https://docs.rs/tower-eventsource/latest/tower_eventsource/enum.PublishError.html#variant.Redis"
+    doc = "[redis]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.BroadcastBuilder.html#method.redis"
 )]
 
 mod body;

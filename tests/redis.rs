@@ -10,6 +10,12 @@
 #[cfg(feature = "redis")]
 mod common;
 #[cfg(feature = "redis")]
+#[path = "redis/server.rs"]
+mod server;
+#[cfg(feature = "redis")]
+#[path = "redis/guarantees.rs"]
+mod guarantees;
+#[cfg(feature = "redis")]
 #[path = "redis/scale_out.rs"]
 mod scale_out;
 

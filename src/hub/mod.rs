@@ -58,7 +58,7 @@ use topic::Topic;
 /// - Redis (feature `redis`): `Broadcast::builder().history(1000).redis(client,
 ///   "chat").build()`: every server built with the same Redis and name shares the hub, and
 ///   an event sent on any of them reaches the subscribers of all of them. See
-///   [`BroadcastBuilder::redis`].
+///   `BroadcastBuilder::redis`.
 ///
 /// `build` never waits: a backend connects in the background, and
 /// [`ready`](Broadcast::ready) says whether it can be reached, so an application can refuse
@@ -571,7 +571,7 @@ impl Broadcast {
         match &self.inner.backend {
             Some(backend) => backend.send(None, idempotency, event).await,
             None => Ok(match idempotency {
-                Some(key) => self.inner.topic.send_idempotent(key, event),
+                Some(key) => self.inner.topic.send_idempotent(key, event).0,
                 None => self.inner.topic.send(event),
             }),
         }

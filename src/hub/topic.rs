@@ -59,9 +59,8 @@ struct Entry {
 /// An event id this crate's hubs hand out: `<epoch>-<number>`.
 pub(crate) fn parse_id(id: &str) -> Option<(&str, u64)> {
     let (epoch, number) = id.split_once('-')?;
-    let valid_epoch = !epoch.is_empty()
-        && epoch.len() <= 32
-        && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid_epoch =
+        !epoch.is_empty() && epoch.len() <= 32 && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
     let valid_number =
         !number.is_empty() && number.len() <= 20 && number.bytes().all(|b| b.is_ascii_digit());
     if !valid_epoch || !valid_number {
@@ -157,16 +156,17 @@ impl Topic {
     }
 
     /// Like [`send`](Self::send), at most once for `key` within the idempotency lifetime:
-    /// a repeat returns the first send's id and sends nothing.
-    pub(crate) fn send_idempotent(&self, key: &str, event: crate::Event) -> Sent {
+    /// a repeat returns the first send's id and sends nothing (and `true`).
+    pub(crate) fn send_idempotent(&self, key: &str, event: crate::Event) -> (Sent, bool) {
         let now = Instant::now();
         let mut state = self.lock();
         if let Some((id, until)) = state.idempotent.get(key) {
             if now < *until {
-                return Sent {
+                let sent = Sent {
                     id: Some(id.clone()),
                     reached: Some(0),
                 };
+                return (sent, true);
             }
         }
         if state.idempotent.len() >= state.idempotent_prune_at {
@@ -177,7 +177,7 @@ impl Topic {
         let until = now + self.settings.idempotency_ttl;
         let id = sent.id.clone().unwrap_or_default();
         state.idempotent.insert(key.into(), (id, until));
-        sent
+        (sent, false)
     }
 
     /// Keeps and delivers events a backend numbered, in order: `frames` are each event's
@@ -322,12 +322,15 @@ impl Topic {
         self.reset(&mut state, conn, &epoch, newest)
     }
 
-    /// A fed topic that does not know its numbering takes the backend's: it has been fed
-    /// everything after `newest` of `epoch`, which is none so far.
+    /// Takes the numbering a backend gave: `newest` of `epoch`, with everything after it to be
+    /// fed. Subscribers of an earlier numbering get the reset event, since they may have
+    /// missed events.
     fn learn(&self, state: &mut State, epoch: &str, newest: u64) {
-        if state.epoch.is_some() {
+        if state.epoch.as_deref() == Some(epoch) {
             return;
         }
+        // Another numbering than the one this topic knows: it started anew in the backend.
+        state.missed |= state.epoch.is_some() && !state.subscribers.is_empty();
         state.epoch = Some(epoch.into());
         state.history.clear();
         state.history_size = 0;
@@ -361,7 +364,12 @@ impl Topic {
         after: u64,
     ) -> Resume {
         let start = state.history.partition_point(|entry| entry.number <= after);
-        frames.extend(state.history.range(start..).map(|entry| entry.frame.clone()));
+        frames.extend(
+            state
+                .history
+                .range(start..)
+                .map(|entry| entry.frame.clone()),
+        );
         let count = frames.len();
         if !conn.send_unbounded(frames) {
             return Resume::Ended;
@@ -496,5 +504,395 @@ impl Topic {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        testing::{client, ready},
+        Broadcast, BroadcastBuilder, EventStreamBody,
+    };
+    use std::{ops::RangeInclusive, time::Duration};
+    use tokio::time::advance;
+
+    const E: &str = "00000000000000e1";
+    const F: &str = "00000000000000f2";
+
+    fn settings(builder: BroadcastBuilder) -> Arc<Settings> {
+        builder.settings(Duration::ZERO)
+    }
+
+    fn fed(history: usize) -> Topic {
+        Topic::fed(settings(Broadcast::builder().history(history)))
+    }
+
+    fn frame(epoch: &str, number: u64) -> Bytes {
+        frame_with_id(format!("data: {number}\n").as_bytes(), epoch, number)
+    }
+
+    fn frames(epoch: &str, numbers: RangeInclusive<u64>) -> Vec<(u64, Bytes)> {
+        numbers.map(|n| (n, frame(epoch, n))).collect()
+    }
+
+    /// What a browser receives for `numbers` of `epoch`.
+    fn wire(epoch: &str, numbers: RangeInclusive<u64>) -> String {
+        numbers
+            .map(|n| format!("data: {n}\nid: {epoch}-{n}\n\n"))
+            .collect()
+    }
+
+    fn reset(epoch: &str, newest: u64) -> String {
+        format!("event: reset\ndata: \nid: {epoch}-{newest}\n\n")
+    }
+
+    fn live(topic: &Topic, capacity: usize) -> (Connection, EventStreamBody) {
+        let (conn, body) = client(capacity, None);
+        assert_eq!(topic.subscribe_here(&conn, None, false), Some(Resume::Live));
+        (conn, body)
+    }
+
+    fn subscribers(topic: &Topic) -> usize {
+        topic.lock().subscribers.len()
+    }
+
+    #[tokio::test]
+    async fn subscribers_of_an_idle_hub_are_pruned_as_they_go() {
+        let hub = Broadcast::new();
+        for _ in 0..1000 {
+            let (conn, body) = client(4, None);
+            hub.subscribe(&conn).await;
+            drop(body);
+        }
+        assert!(subscribers(hub.topic()) <= 128);
+    }
+
+    #[tokio::test]
+    async fn pruning_runs_when_the_list_doubles_since_the_last_prune() {
+        let hub = Broadcast::new();
+        let live: Vec<_> = (0..100).map(|_| client(4, None)).collect();
+        for (conn, _) in &live {
+            hub.subscribe(conn).await;
+        }
+        let mut lengths = Vec::new();
+        for _ in 0..1000 {
+            let (conn, body) = client(4, None);
+            hub.subscribe(&conn).await;
+            drop(body);
+            lengths.push(subscribers(hub.topic()));
+        }
+        // 100 live ones: the list grows to twice that, then is pruned back to the live ones,
+        // first at 128 (the threshold the live ones left), then every 100 subscribes.
+        assert_eq!(lengths.iter().max(), Some(&200));
+        assert_eq!(lengths.iter().min(), Some(&101));
+        assert_eq!(lengths.iter().filter(|&&len| len == 101).count(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_idempotency_keys_are_forgotten() {
+        let ttl = Duration::from_secs(1);
+        let topic = Topic::local(settings(
+            Broadcast::builder().history(10).idempotency_ttl(ttl),
+        ));
+        let mut most = 0;
+        for i in 0..1000 {
+            let (sent, repeated) = topic.send_idempotent(&format!("k{i}"), "x".into());
+            assert!(!repeated);
+            assert_eq!(sent.reached, Some(0));
+            most = most.max(topic.lock().idempotent.len());
+            advance(ttl).await;
+        }
+        // Each key has expired by the next send: the table is pruned whenever it reaches 64.
+        assert_eq!(most, 64);
+        assert_eq!(topic.position().unwrap().1, 1000);
+    }
+
+    #[tokio::test]
+    async fn a_fed_batch_takes_one_place_in_each_buffer() {
+        let topic = fed(1000);
+        let (reader, mut reader_body) = live(&topic, 256);
+        let (small, mut small_body) = live(&topic, 1);
+        topic.feed(E, &frames(E, 1..=512));
+        assert!(!reader.is_closed());
+        assert!(!small.is_closed());
+        let stats = topic.stats();
+        assert_eq!(stats.slow_disconnects, 0);
+        assert_eq!(stats.events_sent, 512);
+        assert_eq!(stats.subscribers, 2);
+        assert_eq!(ready(&mut reader_body), wire(E, 1..=512));
+        assert_eq!(ready(&mut small_body), wire(E, 1..=512));
+        // Both read it: the next batch fits as well.
+        topic.feed(E, &frames(E, 513..=1024));
+        assert!(!reader.is_closed() && !small.is_closed());
+        assert_eq!(ready(&mut small_body), wire(E, 513..=1024));
+        assert_eq!(topic.stats().slow_disconnects, 0);
+    }
+
+    #[tokio::test]
+    async fn a_fed_batch_still_disconnects_a_subscriber_that_does_not_read() {
+        let topic = fed(100);
+        let (stalled, mut body) = live(&topic, 1);
+        let (_reader, _reader_body) = live(&topic, 1);
+        topic.feed(E, &frames(E, 1..=3));
+        topic.feed(E, &frames(E, 4..=6));
+        assert!(stalled.is_closed());
+        assert_eq!(topic.stats().slow_disconnects, 2);
+        assert_eq!(ready(&mut body), wire(E, 1..=3));
+    }
+
+    #[tokio::test]
+    async fn a_fed_batch_counts_one_delivery_per_event_and_subscriber() {
+        let topic = fed(1000);
+        let (_a, _a_body) = live(&topic, 256);
+        let (_b, _b_body) = live(&topic, 256);
+        topic.feed(E, &frames(E, 1..=512));
+        topic.feed(E, &frames(E, 513..=513));
+        let stats = topic.stats();
+        assert_eq!(stats.events_sent, 513);
+        assert_eq!(stats.deliveries, 2 * 513);
+    }
+
+    #[tokio::test]
+    async fn a_skipped_fed_batch_counts_every_event_skipped() {
+        let topic = Topic::fed(settings(
+            Broadcast::builder()
+                .history(100)
+                .slow_client(SlowClient::Skip),
+        ));
+        let (full, mut body) = live(&topic, 1);
+        topic.feed(E, &frames(E, 1..=1));
+        topic.feed(E, &frames(E, 2..=4));
+        assert!(!full.is_closed());
+        assert_eq!(ready(&mut body), wire(E, 1..=1));
+        assert_eq!(topic.stats().events_skipped, 3);
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_numbers_sends_the_reset_event_and_delivery_goes_on() {
+        let topic = fed(100);
+        let (conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 1..=3));
+        topic.feed(E, &frames(E, 6..=7));
+        topic.feed(E, &frames(E, 8..=8));
+        assert!(!conn.is_closed());
+        assert_eq!(
+            ready(&mut body),
+            format!("{}{}{}", wire(E, 1..=3), reset(E, 5), wire(E, 6..=8))
+        );
+        let stats = topic.stats();
+        assert_eq!((stats.resets, stats.events_sent), (1, 6));
+        // The reset's id resumes; what was before the gap is not kept.
+        let (again, mut again_body) = client(16, None);
+        let cursor = format!("{E}-5");
+        assert_eq!(
+            topic.subscribe_here(&again, Some(&cursor), false),
+            Some(Resume::Replayed(3))
+        );
+        assert_eq!(ready(&mut again_body), wire(E, 6..=8));
+        let (old, _old_body) = client(16, None);
+        let cursor = format!("{E}-3");
+        assert_eq!(topic.subscribe_here(&old, Some(&cursor), false), None);
+        assert_eq!(topic.position(), Some((E.into(), 8)));
+    }
+
+    #[tokio::test]
+    async fn another_epoch_sends_the_reset_event_and_delivery_goes_on() {
+        let topic = fed(100);
+        let (conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 1..=2));
+        topic.feed(F, &frames(F, 1..=2));
+        assert!(!conn.is_closed());
+        assert_eq!(
+            ready(&mut body),
+            format!("{}{}{}", wire(E, 1..=2), reset(F, 0), wire(F, 1..=2))
+        );
+        assert_eq!(topic.stats().resets, 1);
+        let (again, mut again_body) = client(16, None);
+        let cursor = format!("{F}-0");
+        assert_eq!(
+            topic.subscribe_here(&again, Some(&cursor), false),
+            Some(Resume::Replayed(2))
+        );
+        assert_eq!(ready(&mut again_body), wire(F, 1..=2));
+        // An id of the earlier epoch is the backend's to answer.
+        let (old, _old_body) = client(16, None);
+        let cursor = format!("{E}-2");
+        assert_eq!(topic.subscribe_here(&old, Some(&cursor), false), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_feed_sends_no_reset() {
+        let topic = fed(100);
+        let (_conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 41..=42));
+        assert_eq!(ready(&mut body), wire(E, 41..=42));
+        assert_eq!(topic.stats().resets, 0);
+        assert_eq!(topic.position(), Some((E.into(), 42)));
+    }
+
+    #[tokio::test]
+    async fn restart_then_feed_sends_the_reset_event_once() {
+        let topic = fed(100);
+        let (conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 1..=2));
+        topic.restart();
+        assert_eq!(topic.position(), None);
+        topic.feed(E, &frames(E, 3..=3));
+        topic.feed(E, &frames(E, 4..=4));
+        assert!(!conn.is_closed());
+        assert_eq!(
+            ready(&mut body),
+            format!("{}{}{}", wire(E, 1..=2), reset(E, 2), wire(E, 3..=4))
+        );
+        assert_eq!(topic.stats().resets, 1);
+        // The history starts after the restart.
+        assert_eq!(topic.recent(10).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn restart_without_subscribers_sends_no_reset() {
+        let topic = fed(100);
+        topic.feed(E, &frames(E, 1..=2));
+        topic.restart();
+        let (_conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 3..=3));
+        assert_eq!(ready(&mut body), wire(E, 3..=3));
+        assert_eq!(topic.stats().resets, 0);
+    }
+
+    #[tokio::test]
+    async fn numbers_fed_again_are_delivered_once() {
+        let topic = fed(100);
+        let (_conn, mut body) = live(&topic, 16);
+        topic.feed(E, &frames(E, 1..=3));
+        topic.feed(E, &frames(E, 2..=4));
+        topic.feed(E, &frames(E, 1..=4));
+        assert_eq!(ready(&mut body), wire(E, 1..=4));
+        let stats = topic.stats();
+        assert_eq!((stats.events_sent, stats.resets), (4, 0));
+        assert_eq!(topic.recent(10).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_fed_topic_without_history_passes_gaps_through() {
+        let topic = fed(0);
+        let (_conn, mut body) = live(&topic, 16);
+        let plain = |n: u64| (n, Bytes::from(format!("data: {n}\n\n")));
+        topic.feed(E, &[plain(3), plain(5)]);
+        topic.feed(E, &[plain(9)]);
+        assert_eq!(ready(&mut body), "data: 3\n\ndata: 5\n\ndata: 9\n\n");
+        let stats = topic.stats();
+        assert_eq!((stats.events_sent, stats.resets), (3, 0));
+        assert!(topic.recent(10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_fed_topic_asks_its_backend_about_cursors_it_cannot_place() {
+        let topic = fed(100);
+        let (conn, _body) = client(16, None);
+        let cursor = format!("{E}-1");
+        assert_eq!(topic.subscribe_here(&conn, Some(&cursor), false), None);
+        assert_eq!(topic.subscribe_here(&conn, Some("forged"), false), None);
+        topic.feed(E, &frames(E, 5..=7));
+        let (conn, mut body) = client(16, None);
+        let cursor = format!("{E}-4");
+        assert_eq!(
+            topic.subscribe_here(&conn, Some(&cursor), false),
+            Some(Resume::Replayed(3))
+        );
+        assert_eq!(ready(&mut body), wire(E, 5..=7));
+        for cursor in [format!("{E}-3"), format!("{E}-8"), format!("{F}-5")] {
+            let (conn, _body) = client(16, None);
+            assert_eq!(
+                topic.subscribe_here(&conn, Some(&cursor), false),
+                None,
+                "{cursor}"
+            );
+        }
+        // An unusable Last-Event-ID is answered here, with the reset event.
+        let (conn, mut body) = client(16, None);
+        let cursor = format!("{E}-4");
+        assert_eq!(
+            topic.subscribe_here(&conn, Some(&cursor), true),
+            Some(Resume::Reset)
+        );
+        assert_eq!(ready(&mut body), reset(E, 7));
+    }
+
+    #[tokio::test]
+    async fn subscribe_after_replays_the_page_then_the_history_after_it() {
+        let topic = fed(100);
+        topic.feed(E, &frames(E, 5..=7));
+        let (conn, mut body) = client(16, None);
+        let page = frames(E, 3..=6);
+        assert_eq!(
+            topic.subscribe_after(&conn, E, 2, page, 6),
+            Resume::Replayed(5)
+        );
+        assert_eq!(ready(&mut body), wire(E, 3..=7));
+        topic.feed(E, &frames(E, 8..=8));
+        assert_eq!(ready(&mut body), wire(E, 8..=8));
+        assert_eq!(topic.stats().replays, 1);
+    }
+
+    #[tokio::test]
+    async fn subscribe_after_resets_when_the_history_moved_past_the_page() {
+        let topic = fed(2);
+        topic.feed(E, &frames(E, 1..=5));
+        let (conn, mut body) = client(16, None);
+        assert_eq!(
+            topic.subscribe_after(&conn, E, 1, frames(E, 2..=2), 2),
+            Resume::Reset
+        );
+        assert_eq!(ready(&mut body), reset(E, 5));
+        assert_eq!(topic.stats().resets, 1);
+    }
+
+    #[tokio::test]
+    async fn subscribe_reset_takes_the_backends_numbering() {
+        let topic = fed(10);
+        let (conn, mut body) = client(16, None);
+        assert_eq!(topic.subscribe_reset(&conn, E, 9), Resume::Reset);
+        assert_eq!(topic.position(), Some((E.into(), 9)));
+        topic.feed(E, &frames(E, 10..=10));
+        assert_eq!(
+            ready(&mut body),
+            format!("{}{}", reset(E, 9), wire(E, 10..=10))
+        );
+        assert_eq!(topic.stats().resets, 1);
+    }
+
+    #[test]
+    fn ids_are_parsed_strictly() {
+        assert_eq!(parse_id("00ab-12"), Some(("00ab", 12)));
+        assert_eq!(parse_id(&format!("{E}-0")), Some((E, 0)));
+        for bad in [
+            "",
+            "-1",
+            "ab-",
+            "ab",
+            "ab-1x",
+            "a b-1",
+            "ab-+1",
+            "ab--1",
+            "ab-99999999999999999999",
+            "ab-123456789012345678901",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+        let long = "a".repeat(33);
+        assert_eq!(parse_id(&format!("{long}-1")), None);
+        assert!(parse_id(&format!("{}-1", &long[1..])).is_some());
+    }
+
+    #[test]
+    fn new_epochs_are_sixteen_hex_digits_and_differ() {
+        let epochs: std::collections::HashSet<Arc<str>> =
+            (0..10_000).map(|_| new_epoch()).collect();
+        assert_eq!(epochs.len(), 10_000);
+        assert!(epochs
+            .iter()
+            .all(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 }
