@@ -1,8 +1,8 @@
 //! The seam between a hub and a shared backend: what a hub asks of one. In-process hubs have
 //! no backend; their topics number and deliver their own events.
 
-use super::{topic::Topic, BackendError, BroadcastStats, HistoryEntry, Resume, SendError, Sent};
 use super::Settings;
+use super::{topic::Topic, BackendError, BroadcastStats, HistoryEntry, Resume, SendError, Sent};
 use crate::{Connection, Event};
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 

@@ -34,7 +34,7 @@ const CHECKS_PER_CALL: usize = 4;
 /// each key's events, however busy the others are), ids, replay on reconnect, reset event and
 /// slow-client policy, as set on the template given to [`new`](Self::new) or
 /// [`builder`](Self::builder). The backend is chosen as for a `Broadcast`, on the builder
-/// ([`KeyedBroadcastBuilder::redis`]), with the same
+/// (`KeyedBroadcastBuilder::redis`, feature `redis`), with the same
 /// [guarantees](crate::Broadcast#guarantees). Cloning is cheap: clones share the keys.
 ///
 /// Methods take the key by reference to anything the key type borrows as: `&str` for
@@ -249,8 +249,8 @@ where
 
     /// A builder, to set the linger or the backend.
     ///
-    /// A backend is set on this builder ([`KeyedBroadcastBuilder::redis`]), where the key
-    /// type's names are known; a template that already has one builds a hub whose
+    /// A backend is set on this builder (`KeyedBroadcastBuilder::redis`, feature `redis`),
+    /// where the key type's names are known; a template that already has one builds a hub whose
     /// [`ready`](Self::ready) says so and whose sends fail.
     pub fn builder(template: BroadcastBuilder) -> KeyedBroadcastBuilder<K> {
         KeyedBroadcastBuilder {
@@ -317,6 +317,31 @@ where
                 }
             },
         };
+        // A stream that has ended is not worth a new key.
+        let Some(topic) = self.subscribed_topic(key, conn, name.as_deref()) else {
+            return Resume::Ended;
+        };
+        let backend = self.inner.backend.as_deref();
+        let resume = subscribe_topic(&topic, backend, name.as_deref(), conn, cursor).await;
+        if resume == Resume::Ended {
+            drop(topic);
+            self.drop_if_unwanted(key);
+        }
+        resume
+    }
+
+    /// The topic of `key`, created (and attached to the backend as `name`) unless `conn` has
+    /// ended.
+    fn subscribed_topic<Q>(
+        &self,
+        key: &Q,
+        conn: &Connection,
+        name: Option<&str>,
+    ) -> Option<Arc<Topic>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = Instant::now();
         let mut map = self.lock();
         let dropped = map.check(CHECKS_PER_CALL, now, &self.inner);
@@ -325,14 +350,10 @@ where
                 slot.idle_since = None;
                 Arc::clone(&slot.topic)
             }
-            // A stream that has ended is not worth a new key.
-            None if conn.is_closed() => {
-                drop(map);
-                return Resume::Ended;
-            }
+            None if conn.is_closed() => return None,
             None => {
                 let topic = self.new_topic();
-                if let (Some(backend), Some(name)) = (&self.inner.backend, &name) {
+                if let (Some(backend), Some(name)) = (&self.inner.backend, name) {
                     backend.attach(Some(name), &topic);
                 }
                 map.insert(key.to_owned(), Arc::clone(&topic), None);
@@ -341,13 +362,7 @@ where
         };
         drop(map);
         drop(dropped);
-        let backend = self.inner.backend.as_deref();
-        let resume = subscribe_topic(&topic, backend, name.as_deref(), conn, cursor).await;
-        if resume == Resume::Ended {
-            drop(topic);
-            self.drop_if_unwanted(key);
-        }
-        resume
+        Some(topic)
     }
 
     /// Subscribes `conn` to every key's events (an admin dashboard): each send to any key
@@ -455,18 +470,31 @@ where
         };
         drop(map);
         drop(dropped);
-        if let Some(all) = self.inner.all.get() {
-            all.send(event.clone());
-        }
+        let all = self.inner.all.get();
         let Some(topic) = topic else {
+            let id = event.last_id().map(Box::from);
+            if let Some(all) = all {
+                all.send(event);
+            }
             return Ok(Sent {
-                id: event.last_id().map(Box::from),
+                id,
                 reached: Some(0),
             });
         };
         let sent = match idempotency {
-            Some(idempotency) => topic.send_idempotent(idempotency, event),
-            None => topic.send(event),
+            Some(idempotency) => {
+                let (sent, repeated) = topic.send_idempotent(idempotency, event.clone());
+                if let (Some(all), false) = (all, repeated) {
+                    all.send(event);
+                }
+                sent
+            }
+            None => {
+                if let Some(all) = all {
+                    all.send(event.clone());
+                }
+                topic.send(event)
+            }
         };
         if sent.reached == Some(0) && !self.inner.history {
             drop(topic);
@@ -490,7 +518,11 @@ where
             let name = self.name(&key.to_owned())?;
             return backend.recent(Some(&name), count).await;
         }
-        let topic = self.lock().keys.get(key).map(|slot| Arc::clone(&slot.topic));
+        let topic = self
+            .lock()
+            .keys
+            .get(key)
+            .map(|slot| Arc::clone(&slot.topic));
         Ok(topic.map(|topic| topic.recent(count)).unwrap_or_default())
     }
 
@@ -694,5 +726,667 @@ impl<K> fmt::Debug for KeyedBroadcastBuilder<K> {
             .field("template", &self.template)
             .field("linger", &self.linger)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        testing::{client, ready},
+        Broadcast, EncodeError,
+    };
+    use std::collections::HashSet;
+    use tokio::time::advance;
+
+    const LINGER: Duration = Duration::from_secs(60);
+
+    fn with_history() -> KeyedBroadcast<&'static str> {
+        KeyedBroadcast::builder(Broadcast::builder().history(10))
+            .linger(LINGER)
+            .build()
+    }
+
+    fn without_history() -> KeyedBroadcast<&'static str> {
+        KeyedBroadcast::new(Broadcast::builder())
+    }
+
+    /// Keys and queue entries held now, without the full check `stats` makes.
+    fn held<K: Eq + Hash + Clone + Send + Sync + 'static>(
+        hub: &KeyedBroadcast<K>,
+    ) -> (usize, usize) {
+        let map = hub.lock();
+        (map.keys.len(), map.queue.len())
+    }
+
+    /// The epoch of an id `<epoch>-<number>`: 16 hex digits.
+    fn epoch_of(id: &str) -> String {
+        let (epoch, number) = id.split_once('-').expect("an id <epoch>-<number>");
+        assert_eq!(epoch.len(), 16, "{id}");
+        assert!(epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(number.parse::<u64>().is_ok(), "{id}");
+        epoch.to_owned()
+    }
+
+    /// The id a send gave its event.
+    async fn send_id<K>(hub: &KeyedBroadcast<K>, key: &K, event: impl Into<Event>) -> String
+    where
+        K: Eq + Hash + Clone + Send + Sync + 'static,
+    {
+        let sent = hub.send(key, event).await.expect("a valid event");
+        sent.id().expect("an id").to_owned()
+    }
+
+    /// The epoch of every key's topic, from `subscribe_all`.
+    fn all_epoch<K: 'static>(hub: &KeyedBroadcast<K>) -> String {
+        let all = hub.inner.all.get().expect("subscribe_all was called");
+        all.position()
+            .expect("an in-process topic knows its epoch")
+            .0
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn each_key_delivers_to_its_own_subscribers_only() {
+        let hub = without_history();
+        let (alice, mut alice_body) = client(16, None);
+        let (bob, mut bob_body) = client(16, None);
+        assert_eq!(hub.subscribe(&"alice", &alice).await, Resume::Live);
+        assert_eq!(hub.subscribe(&"bob", &bob).await, Resume::Live);
+        assert_eq!(hub.send(&"alice", "a1").await.unwrap().reached(), Some(1));
+        assert_eq!(hub.send(&"bob", "b1").await.unwrap().reached(), Some(1));
+        assert_eq!(ready(&mut alice_body), "data: a1\n\n");
+        assert_eq!(ready(&mut bob_body), "data: b1\n\n");
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created), (2, 2));
+        assert_eq!(stats.totals.subscribers, 2);
+        assert_eq!(stats.totals.events_sent, 2);
+    }
+
+    #[tokio::test]
+    async fn subscribing_twice_to_a_key_reports_itself_and_delivers_once() {
+        let hub = without_history();
+        let (conn, mut body) = client(16, None);
+        assert_eq!(hub.subscribe(&"room", &conn).await, Resume::Live);
+        assert_eq!(
+            hub.subscribe(&"room", &conn).await,
+            Resume::AlreadySubscribed
+        );
+        // Another key is another subscription.
+        assert_eq!(hub.subscribe(&"other", &conn).await, Resume::Live);
+        hub.send(&"room", "once").await.unwrap();
+        hub.send(&"other", "too").await.unwrap();
+        assert_eq!(ready(&mut body), "data: once\n\ndata: too\n\n");
+        assert_eq!(hub.key_stats(&"room").unwrap().subscribers, 1);
+    }
+
+    #[tokio::test]
+    async fn replay_and_reset_are_per_key() {
+        let hub = with_history();
+        let a1 = send_id(&hub, &"a", "a1").await;
+        let a = epoch_of(&a1);
+        assert_eq!(a1, format!("{a}-1"));
+        for text in ["a2", "a3"] {
+            hub.send(&"a", text).await.unwrap();
+        }
+        let b1 = send_id(&hub, &"b", "b1").await;
+        let b = epoch_of(&b1);
+        assert_eq!(b1, format!("{b}-1"));
+        assert_ne!(a, b);
+        let (conn, mut body) = client(16, Some(&a1));
+        assert_eq!(hub.subscribe(&"a", &conn).await, Resume::Replayed(2));
+        assert_eq!(
+            ready(&mut body),
+            format!("data: a2\nid: {a}-2\n\ndata: a3\nid: {a}-3\n\n")
+        );
+        // Key b has its own ids: a's third is not one of them, nor is a's first, though b
+        // has an event numbered 1.
+        for cursor in [format!("{a}-3"), a1] {
+            let (conn, mut body) = client(16, Some(&cursor));
+            assert_eq!(hub.subscribe(&"b", &conn).await, Resume::Reset);
+            assert_eq!(
+                ready(&mut body),
+                format!("event: reset\ndata: \nid: {b}-1\n\n")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_to_an_unknown_key_without_history_creates_nothing() {
+        let hub = without_history();
+        let sent = hub
+            .send(&"nobody", Event::new().id("7").data("x"))
+            .await
+            .unwrap();
+        assert_eq!((sent.id(), sent.reached()), (Some("7"), Some(0)));
+        let error = hub
+            .send(&"nobody", Event::new().event("x"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, SendError::Invalid(EncodeError::EventNameWithoutData)),
+            "{error:?}"
+        );
+        assert_eq!(held(&hub), (0, 0));
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_created), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_send_with_history_creates_the_key_unless_the_event_is_refused() {
+        let hub = with_history();
+        let error = hub.send(&"k", Event::new().event("x")).await.unwrap_err();
+        assert!(
+            matches!(error, SendError::Invalid(EncodeError::EventNameWithoutData)),
+            "{error:?}"
+        );
+        assert_eq!(held(&hub), (0, 0));
+        let id = send_id(&hub, &"k", "kept").await;
+        let e = epoch_of(&id);
+        assert_eq!(id, format!("{e}-1"));
+        let (conn, mut body) = client(16, Some(&format!("{e}-0")));
+        assert_eq!(hub.subscribe(&"k", &conn).await, Resume::Replayed(1));
+        assert_eq!(ready(&mut body), format!("data: kept\nid: {e}-1\n\n"));
+        assert_eq!(hub.stats().keys_created, 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_event_takes_no_number_of_its_key() {
+        let hub = with_history();
+        let first = send_id(&hub, &"k", "1").await;
+        let e = epoch_of(&first);
+        let error = hub.send(&"k", Event::new().event("x")).await.unwrap_err();
+        assert!(matches!(error, SendError::Invalid(_)), "{error:?}");
+        assert_eq!(send_id(&hub, &"k", "2").await, format!("{e}-2"));
+    }
+
+    #[tokio::test]
+    async fn a_key_without_history_goes_with_its_last_subscriber() {
+        let hub = without_history();
+        let (conn, body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        assert_eq!(hub.send(&"k", "x").await.unwrap().reached(), Some(1));
+        drop(body);
+        // The check at the start of the next call drops it.
+        hub.send(&"other", "y").await.unwrap();
+        assert_eq!(held(&hub).0, 0);
+        let stats = hub.stats();
+        assert_eq!(
+            (stats.keys, stats.keys_created, stats.keys_dropped),
+            (0, 1, 1)
+        );
+        // Its counters stay in the totals.
+        assert_eq!(stats.totals.events_sent, 1);
+        assert_eq!(stats.totals.deliveries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_reaches_no_one_drops_a_key_without_history_at_once() {
+        let hub: KeyedBroadcast<u32> = KeyedBroadcast::new(Broadcast::builder());
+        // Ten busy keys ahead of it in the queue, so the checks do not reach it.
+        let busy: Vec<_> = (0..10).map(|_| client(16, None)).collect();
+        for (key, (conn, _)) in (1..).zip(&busy) {
+            hub.subscribe(&key, conn).await;
+        }
+        let (conn, body) = client(16, None);
+        hub.subscribe(&0, &conn).await;
+        drop(body);
+        assert_eq!(hub.send(&0, "y").await.unwrap().reached(), Some(0));
+        assert_eq!(held(&hub).0, 10);
+        let stats = hub.stats();
+        assert_eq!((stats.keys, stats.keys_dropped), (10, 1));
+        assert_eq!(stats.totals.events_sent, 1);
+        assert_eq!(stats.totals.subscribers, 10);
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_of_an_ended_stream_creates_no_key() {
+        let hub = with_history();
+        let (conn, body) = client(16, None);
+        drop(body);
+        assert_eq!(hub.subscribe(&"k", &conn).await, Resume::Ended);
+        assert_eq!(held(&hub), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_history_lingers_after_its_last_subscriber_left() {
+        let hub = with_history();
+        let (conn, body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        hub.send(&"k", "x").await.unwrap();
+        advance(Duration::from_secs(30)).await;
+        drop(body);
+        assert_eq!(hub.stats().keys, 1);
+        advance(LINGER - Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys, 1);
+        advance(Duration::from_secs(2)).await;
+        let stats = hub.stats();
+        assert_eq!(
+            (stats.keys, stats.keys_created, stats.keys_dropped),
+            (0, 1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_history_lingers_after_its_last_event() {
+        let hub = with_history();
+        hub.send(&"k", "x").await.unwrap();
+        advance(LINGER - Duration::from_secs(1)).await;
+        hub.send(&"k", "y").await.unwrap();
+        advance(LINGER - Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys, 1);
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(hub.stats().keys, 0);
+        assert_eq!(hub.stats().keys_dropped, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscribed_key_is_kept_however_long() {
+        let hub = with_history();
+        let (conn, _body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        advance(LINGER * 10).await;
+        assert_eq!(hub.stats().keys, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recreated_key_has_a_new_epoch_so_an_old_id_gets_the_reset_event() {
+        let hub = with_history();
+        let (conn, body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        let mut old_ids = Vec::new();
+        for text in ["1", "2", "3"] {
+            old_ids.push(send_id(&hub, &"k", text).await);
+        }
+        let old = epoch_of(&old_ids[0]);
+        drop(body);
+        hub.stats();
+        advance(LINGER + Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys_dropped, 1);
+        // The key comes back with new events, numbered from 1 again in a new epoch.
+        let first = send_id(&hub, &"k", "4").await;
+        let new = epoch_of(&first);
+        assert_ne!(new, old);
+        assert_eq!(first, format!("{new}-1"));
+        for text in ["5", "6", "7"] {
+            hub.send(&"k", text).await.unwrap();
+        }
+        let mut newest = 4;
+        for old_id in &old_ids {
+            let (conn, mut body) = client(16, Some(old_id));
+            assert_eq!(
+                hub.subscribe(&"k", &conn).await,
+                Resume::Reset,
+                "old id {old_id}"
+            );
+            assert_eq!(
+                ready(&mut body),
+                format!("event: reset\ndata: \nid: {new}-{newest}\n\n")
+            );
+            // Resuming from the reset's id misses nothing after it.
+            hub.send(&"k", "next").await.unwrap();
+            let (again, mut body) = client(16, Some(&format!("{new}-{newest}")));
+            newest += 1;
+            assert_eq!(hub.subscribe(&"k", &again).await, Resume::Replayed(1));
+            assert_eq!(
+                ready(&mut body),
+                format!("data: next\nid: {new}-{newest}\n\n")
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_churned_keys_leave_the_hub_small() {
+        for hub in [without_history(), with_history()] {
+            let mut most = (0, 0);
+            for i in 0..10_000u32 {
+                let key: &'static str = Box::leak(i.to_string().into_boxed_str());
+                let (conn, body) = client(16, None);
+                hub.subscribe(&key, &conn).await;
+                hub.send(&key, "x").await.unwrap();
+                drop(body);
+                advance(Duration::from_secs(1)).await;
+                let (keys, queue) = held(&hub);
+                most = (most.0.max(keys), most.1.max(queue));
+            }
+            // Keys with a history linger 60 s, at one new key per second, plus the few
+            // seconds until a check notices that the subscriber left; the others go at once.
+            assert!(most.0 <= 100 && most.1 <= 100, "held at most {most:?}");
+            let stats = hub.stats();
+            assert_eq!(stats.keys_created, 10_000);
+            assert_eq!(stats.keys_dropped + stats.keys as u64, 10_000);
+        }
+    }
+
+    // Guarantees.
+
+    #[tokio::test]
+    async fn a_cursor_of_another_key_gets_the_reset_event() {
+        let hub: KeyedBroadcast<String> = KeyedBroadcast::new(Broadcast::builder().history(10));
+        let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+        let mut ids = Vec::new();
+        for key in &keys {
+            ids.push(send_id(&hub, key, "x").await);
+        }
+        let epochs: HashSet<String> = ids.iter().map(|id| epoch_of(id)).collect();
+        assert_eq!(epochs.len(), 100);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(ids[i], format!("{}-1", epoch_of(&ids[i])));
+            let (own, _body) = client(8, Some(&ids[i]));
+            assert_eq!(hub.subscribe(key, &own).await, Resume::Replayed(0));
+            let other = &ids[(i + 1) % ids.len()];
+            let (conn, mut body) = client(8, Some(other));
+            assert_eq!(hub.subscribe(key, &conn).await, Resume::Reset, "{key}");
+            assert_eq!(
+                ready(&mut body),
+                format!("event: reset\ndata: \nid: {}\n\n", ids[i])
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_before_a_keys_first_event_carries_number_zero_and_resumes() {
+        let hub = with_history();
+        let (conn, mut body) = client(16, Some("forged"));
+        assert_eq!(hub.subscribe(&"k", &conn).await, Resume::Reset);
+        let reset = ready(&mut body);
+        let id = reset
+            .strip_prefix("event: reset\ndata: \nid: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("{reset:?}"));
+        let e = epoch_of(id);
+        assert_eq!(id, format!("{e}-0"));
+        hub.send(&"k", "a").await.unwrap();
+        assert_eq!(ready(&mut body), format!("data: a\nid: {e}-1\n\n"));
+        let (again, mut body) = client(16, Some(&format!("{e}-0")));
+        assert_eq!(hub.subscribe(&"k", &again).await, Resume::Replayed(1));
+        assert_eq!(ready(&mut body), format!("data: a\nid: {e}-1\n\n"));
+    }
+
+    #[tokio::test]
+    async fn the_history_is_a_window_per_key() {
+        let hub: KeyedBroadcast<String> = KeyedBroadcast::new(Broadcast::builder().history(100));
+        let id = send_id(&hub, &"order-1".to_owned(), "placed").await;
+        let e = epoch_of(&id);
+        let mut others = Vec::new();
+        for i in 0..1500 {
+            let key = format!("order-{}", 2 + i % 3);
+            let id = send_id(&hub, &key, i.to_string()).await;
+            if i < 3 {
+                others.push((key, epoch_of(&id)));
+            }
+        }
+        let (conn, mut body) = client(16, Some(&format!("{e}-0")));
+        assert_eq!(hub.subscribe("order-1", &conn).await, Resume::Replayed(1));
+        assert_eq!(ready(&mut body), format!("data: placed\nid: {e}-1\n\n"));
+        // The busy keys each had 500 events: their beginnings are gone, their last 100 kept.
+        for (key, epoch) in &others {
+            let (conn, mut body) = client(16, Some(&format!("{epoch}-0")));
+            assert_eq!(hub.subscribe(key, &conn).await, Resume::Reset);
+            assert_eq!(
+                ready(&mut body),
+                format!("event: reset\ndata: \nid: {epoch}-500\n\n")
+            );
+            let (conn, _body) = client(16, Some(&format!("{epoch}-400")));
+            assert_eq!(hub.subscribe(key, &conn).await, Resume::Replayed(100));
+            let (conn, _body) = client(16, Some(&format!("{epoch}-399")));
+            assert_eq!(hub.subscribe(key, &conn).await, Resume::Reset);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_idempotency_key_for_two_keys_sends_to_both() {
+        let hub = with_history();
+        let (a, mut a_body) = client(16, None);
+        let (b, mut b_body) = client(16, None);
+        hub.subscribe(&"a", &a).await;
+        hub.subscribe(&"b", &b).await;
+        let to_a = hub.send_idempotent(&"a", "idem", "x").await.unwrap();
+        let to_b = hub.send_idempotent(&"b", "idem", "x").await.unwrap();
+        assert_eq!((to_a.reached(), to_b.reached()), (Some(1), Some(1)));
+        let (ea, eb) = (epoch_of(to_a.id().unwrap()), epoch_of(to_b.id().unwrap()));
+        assert_eq!(to_a.id(), Some(format!("{ea}-1").as_str()));
+        assert_eq!(to_b.id(), Some(format!("{eb}-1").as_str()));
+        // A repeat for one key is a repeat for that key only.
+        let again = hub.send_idempotent(&"a", "idem", "x").await.unwrap();
+        assert_eq!((again.id(), again.reached()), (to_a.id(), Some(0)));
+        assert_eq!(ready(&mut a_body), format!("data: x\nid: {ea}-1\n\n"));
+        assert_eq!(ready(&mut b_body), format!("data: x\nid: {eb}-1\n\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keys_idempotency_lifetime_ends_exactly_at_the_ttl() {
+        let ttl = Duration::from_secs(30);
+        let ms = Duration::from_millis(1);
+        let hub: KeyedBroadcast<String> =
+            KeyedBroadcast::new(Broadcast::builder().history(10).idempotency_ttl(ttl));
+        let (conn, mut body) = client(16, None);
+        hub.subscribe("k", &conn).await;
+        let first = hub.send_idempotent("k", "idem", "x").await.unwrap();
+        let e = epoch_of(first.id().unwrap());
+        advance(ttl - ms).await;
+        let repeat = hub.send_idempotent("k", "idem", "x").await.unwrap();
+        assert_eq!((repeat.id(), repeat.reached()), (first.id(), Some(0)));
+        advance(ms).await;
+        let again = hub.send_idempotent("k", "idem", "x").await.unwrap();
+        assert_eq!(again.id(), Some(format!("{e}-2").as_str()));
+        assert_eq!(again.reached(), Some(1));
+        assert_eq!(
+            ready(&mut body),
+            format!("data: x\nid: {e}-1\n\ndata: x\nid: {e}-2\n\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_repeat_is_not_sent_to_subscribe_all_either() {
+        let hub = with_history();
+        let (all, mut all_body) = client(16, None);
+        assert_eq!(hub.subscribe_all(&all).await, Resume::Live);
+        let first = hub.send_idempotent(&"k", "idem", "x").await.unwrap();
+        let repeat = hub.send_idempotent(&"k", "idem", "x").await.unwrap();
+        assert_eq!((repeat.id(), repeat.reached()), (first.id(), Some(0)));
+        let e = all_epoch(&hub);
+        assert_eq!(ready(&mut all_body), format!("data: x\nid: {e}-1\n\n"));
+    }
+
+    #[tokio::test]
+    async fn subscribe_all_gets_every_keys_events_in_send_order_with_its_own_ids() {
+        let hub = with_history();
+        let (all, mut all_body) = client(16, None);
+        let (a, mut a_body) = client(16, None);
+        assert_eq!(hub.subscribe_all(&all).await, Resume::Live);
+        assert_eq!(hub.subscribe_all(&all).await, Resume::AlreadySubscribed);
+        hub.subscribe(&"a", &a).await;
+        let a1 = send_id(&hub, &"a", "a1").await;
+        let b1 = send_id(&hub, &"b", "b1").await;
+        let a2 = send_id(&hub, &"a", "a2").await;
+        let c1 = send_id(&hub, &"c", Event::new().event("note").data("c1")).await;
+        let (ea, eb, ec) = (epoch_of(&a1), epoch_of(&b1), epoch_of(&c1));
+        assert_eq!(
+            [a1, b1, a2, c1],
+            [
+                format!("{ea}-1"),
+                format!("{eb}-1"),
+                format!("{ea}-2"),
+                format!("{ec}-1")
+            ]
+        );
+        let e = all_epoch(&hub);
+        assert!(e != ea && e != eb && e != ec);
+        assert_eq!(
+            ready(&mut all_body),
+            format!(
+                "data: a1\nid: {e}-1\n\ndata: b1\nid: {e}-2\n\ndata: a2\nid: {e}-3\n\n\
+                 event: note\ndata: c1\nid: {e}-4\n\n"
+            )
+        );
+        assert_eq!(
+            ready(&mut a_body),
+            format!("data: a1\nid: {ea}-1\n\ndata: a2\nid: {ea}-2\n\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn subscribe_all_resumes_exactly_after_one_of_its_ids() {
+        let hub = with_history();
+        let (first, _first_body) = client(16, None);
+        hub.subscribe_all(&first).await;
+        for (key, text) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")] {
+            hub.send(&key, text).await.unwrap();
+        }
+        let e = all_epoch(&hub);
+        let (conn, mut body) = client(16, Some(&format!("{e}-2")));
+        assert_eq!(hub.subscribe_all(&conn).await, Resume::Replayed(2));
+        hub.send(&"b", "5").await.unwrap();
+        assert_eq!(
+            ready(&mut body),
+            format!("data: 3\nid: {e}-3\n\ndata: 4\nid: {e}-4\n\ndata: 5\nid: {e}-5\n\n")
+        );
+        let (conn, mut body) = client(16, None);
+        let cursor = format!("{e}-0");
+        assert_eq!(
+            hub.subscribe_all_from(&conn, Some(&cursor)).await,
+            Resume::Replayed(5)
+        );
+        assert_eq!(ready(&mut body).matches("data: ").count(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_cursor_on_subscribe_all_gets_the_reset_event() {
+        let hub = with_history();
+        let (conn, mut body) = client(16, Some("forged"));
+        assert_eq!(hub.subscribe_all(&conn).await, Resume::Reset);
+        let e = all_epoch(&hub);
+        assert_eq!(
+            ready(&mut body),
+            format!("event: reset\ndata: \nid: {e}-0\n\n")
+        );
+        let key_id = send_id(&hub, &"a", "x").await;
+        // A key's id is not an id of every key's stream, though both are numbered 1.
+        let (conn, mut body) = client(16, Some(&key_id));
+        assert_eq!(hub.subscribe_all(&conn).await, Resume::Reset);
+        assert_eq!(
+            ready(&mut body),
+            format!("event: reset\ndata: \nid: {e}-1\n\n")
+        );
+        // The reset's id resumes.
+        let (conn, mut body) = client(16, Some(&format!("{e}-0")));
+        assert_eq!(hub.subscribe_all(&conn).await, Resume::Replayed(1));
+        assert_eq!(ready(&mut body), format!("data: x\nid: {e}-1\n\n"));
+    }
+
+    #[tokio::test]
+    async fn subscribe_all_without_history_gets_events_as_they_are() {
+        let hub = without_history();
+        let (all, mut body) = client(16, Some("whatever"));
+        assert_eq!(hub.subscribe_all(&all).await, Resume::Live);
+        // No key has a subscriber: none is created, and every key's stream still gets it.
+        let sent = hub.send(&"nobody", "x").await.unwrap();
+        assert_eq!((sent.id(), sent.reached()), (None, Some(0)));
+        hub.send(&"other", Event::new().id("7").data("y"))
+            .await
+            .unwrap();
+        assert_eq!(ready(&mut body), "data: x\n\nid: 7\ndata: y\n\n");
+        assert_eq!(held(&hub), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn recent_is_per_key() {
+        let hub: KeyedBroadcast<String> = KeyedBroadcast::new(Broadcast::builder().history(2));
+        let a1 = send_id(&hub, &"a".to_owned(), "a1").await;
+        let e = epoch_of(&a1);
+        hub.send("b", "b1").await.unwrap();
+        hub.send("a", Event::new().event("note").data("a2\nline"))
+            .await
+            .unwrap();
+        hub.send("b", "b2").await.unwrap();
+        hub.send("a", "a3").await.unwrap();
+        let recent = hub.recent("a", 10).await.unwrap();
+        let seen: Vec<_> = recent
+            .iter()
+            .map(|entry| (entry.id().to_owned(), entry.event(), entry.data()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (format!("{e}-2"), Some("note"), "a2\nline"),
+                (format!("{e}-3"), None, "a3"),
+            ]
+        );
+        let last = hub.recent("a", 1).await.unwrap();
+        assert_eq!(last, recent[1..]);
+        let b: Vec<_> = hub
+            .recent("b", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|entry| entry.data().to_owned())
+            .collect();
+        assert_eq!(b, ["b1", "b2"]);
+        // An unknown key has nothing, and is not created.
+        assert!(hub.recent("nobody", 10).await.unwrap().is_empty());
+        assert_eq!(hub.stats().keys_created, 2);
+    }
+
+    #[tokio::test]
+    async fn recent_is_empty_without_history() {
+        let hub = without_history();
+        let (conn, _body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        hub.send(&"k", "x").await.unwrap();
+        assert!(hub.recent(&"k", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn string_keys_take_str_arguments() {
+        let hub: KeyedBroadcast<String> = KeyedBroadcast::new(Broadcast::builder().history(10));
+        let (conn, mut body) = client(16, None);
+        assert_eq!(hub.subscribe("alice", &conn).await, Resume::Live);
+        let sent = hub.send("alice", "hi").await.unwrap();
+        assert_eq!(sent.reached(), Some(1));
+        let id = sent.id().unwrap().to_owned();
+        let e = epoch_of(&id);
+        let repeat = hub.send_idempotent("alice", "i", "hi").await.unwrap();
+        assert_eq!(repeat.id(), Some(format!("{e}-2").as_str()));
+        let (again, mut again_body) = client(16, None);
+        assert_eq!(
+            hub.subscribe_from("alice", &again, Some(&id)).await,
+            Resume::Replayed(1)
+        );
+        assert_eq!(hub.recent("alice", 10).await.unwrap().len(), 2);
+        assert_eq!(hub.key_stats("alice").unwrap().subscribers, 2);
+        let owned = String::from("alice");
+        assert_eq!(hub.send(&owned, "owned").await.unwrap().reached(), Some(2));
+        assert_eq!(
+            ready(&mut body),
+            format!("data: hi\nid: {e}-1\n\ndata: hi\nid: {e}-2\n\ndata: owned\nid: {e}-3\n\n")
+        );
+        assert_eq!(
+            ready(&mut again_body),
+            format!("data: hi\nid: {e}-2\n\ndata: owned\nid: {e}-3\n\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn integer_keys_take_references() {
+        let hub: KeyedBroadcast<u64> = KeyedBroadcast::new(Broadcast::builder().history(10));
+        let (conn, mut body) = client(16, None);
+        assert_eq!(hub.subscribe(&42, &conn).await, Resume::Live);
+        let sent = hub.send(&42, "x").await.unwrap();
+        assert_eq!(sent.reached(), Some(1));
+        assert_eq!(hub.send(&7, "y").await.unwrap().reached(), Some(0));
+        let e = epoch_of(sent.id().unwrap());
+        assert_eq!(ready(&mut body), format!("data: x\nid: {e}-1\n\n"));
+        assert_eq!(hub.recent(&42, 10).await.unwrap().len(), 1);
+        assert_eq!(hub.key_stats(&42).unwrap().subscribers, 1);
+        assert_eq!(hub.key_stats(&7).unwrap().subscribers, 0);
+    }
+
+    #[tokio::test]
+    async fn key_stats_does_not_create_the_key() {
+        let hub = with_history();
+        assert!(hub.key_stats(&"k").is_none());
+        assert_eq!(held(&hub), (0, 0));
+        assert!(hub.ready().await.is_ok());
     }
 }

@@ -46,7 +46,7 @@ struct State {
     missed: bool,
     /// Idempotency keys seen by an in-process topic, with the id they got and when they
     /// expire.
-    idempotent: HashMap<Box<str>, (Box<str>, Instant)>,
+    idempotent: HashMap<Box<str>, (Option<Box<str>>, Instant)>,
     idempotent_prune_at: usize,
     stats: BroadcastStats,
 }
@@ -138,7 +138,7 @@ impl Topic {
         if !self.has_history() {
             let id = event.last_id().map(Box::from);
             state.before = number;
-            let reached = self.deliver(state, &event.finish());
+            let reached = self.deliver(state, &event.finish(), 1);
             return Sent {
                 id,
                 reached: Some(reached),
@@ -148,7 +148,7 @@ impl Topic {
         let id = format!("{epoch}-{number}");
         let frame = event.id(&id).finish();
         self.remember(state, number, frame.clone());
-        let reached = self.deliver(state, &frame);
+        let reached = self.deliver(state, &frame, 1);
         Sent {
             id: Some(id.into()),
             reached: Some(reached),
@@ -163,7 +163,7 @@ impl Topic {
         if let Some((id, until)) = state.idempotent.get(key) {
             if now < *until {
                 let sent = Sent {
-                    id: Some(id.clone()),
+                    id: id.clone(),
                     reached: Some(0),
                 };
                 return (sent, true);
@@ -175,8 +175,9 @@ impl Topic {
         }
         let sent = self.send_locked(&mut state, event);
         let until = now + self.settings.idempotency_ttl;
-        let id = sent.id.clone().unwrap_or_default();
-        state.idempotent.insert(key.into(), (id, until));
+        state
+            .idempotent
+            .insert(key.into(), (sent.id.clone(), until));
         (sent, false)
     }
 
@@ -217,9 +218,7 @@ impl Topic {
             1 => joined.pop().unwrap_or_default(),
             _ => joined.concat().into(),
         };
-        self.deliver(state, &piece);
-        // `deliver` counted the piece as one event.
-        state.stats.events_sent += count - 1;
+        self.deliver(state, &piece, count);
     }
 
     /// Forgets where the numbering stands: the backend lost track, so the subscribers may
@@ -411,7 +410,8 @@ impl Topic {
         state.subscribers.push(conn.clone());
     }
 
-    fn deliver(&self, state: &mut State, frame: &Bytes) -> usize {
+    /// Hands `frame`, which holds `events` events, to every subscriber.
+    fn deliver(&self, state: &mut State, frame: &Bytes, events: u64) -> usize {
         let mut reached = 0;
         let stats = &mut state.stats;
         let policy = self.settings.slow_client;
@@ -423,7 +423,7 @@ impl Topic {
                     true
                 }
                 Err((Refused::Full, _)) if policy == SlowClient::Skip => {
-                    stats.events_skipped += 1;
+                    stats.events_skipped += events;
                     true
                 }
                 Err((Refused::Full, _)) => {
@@ -433,8 +433,8 @@ impl Topic {
                 }
                 Err((Refused::Ended, _)) => false,
             });
-        stats.events_sent += 1;
-        stats.deliveries += reached as u64;
+        stats.events_sent += events;
+        stats.deliveries += reached as u64 * events;
         reached
     }
 

@@ -116,7 +116,10 @@ struct RedisConnector {
 impl fmt::Debug for RedisConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redis")
-            .field("addr", &self.client.get_connection_info().addr().to_string())
+            .field(
+                "addr",
+                &self.client.get_connection_info().addr().to_string(),
+            )
             .field("name", &self.name)
             .finish()
     }
@@ -128,8 +131,11 @@ impl Connector for RedisConnector {
         let core = Arc::new(Core {
             client: self.client.clone(),
             addr: self.client.get_connection_info().addr().to_string(),
-            refused: (name.contains('{') || name.contains('}'))
-                .then(|| format!("the hub name {name:?} holds `{{` or `}}`, which Redis keys of a hub cannot")),
+            refused: (name.contains('{') || name.contains('}')).then(|| {
+                format!(
+                    "the hub name {name:?} holds `{{` or `}}`, which Redis keys of a hub cannot"
+                )
+            }),
             stream: format!("{{{name}}}"),
             meta: format!("{{{name}}}:meta"),
             prefix: format!("{{{name}}}"),
@@ -350,7 +356,10 @@ impl Core {
             .arg("n")
             .cmd("XRANGE")
             .arg(&stream)
-            .arg(format!("{}-0", cursor.map_or(0, |(_, after)| after.saturating_add(1))))
+            .arg(format!(
+                "{}-0",
+                cursor.map_or(0, |(_, after)| after.saturating_add(1))
+            ))
             .arg("+")
             .arg("COUNT")
             .arg(if cursor.is_some() { window.max(1) } else { 1 });
@@ -424,8 +433,9 @@ impl Core {
         };
         let mut invocation = publish::ENSURE.key(stream);
         invocation.key(meta).arg(&*new_epoch()).arg(linger);
-        let (epoch, newest): (String, u64) =
-            self.timed(invocation.invoke_async(redis), "resume on").await?;
+        let (epoch, newest): (String, u64) = self
+            .timed(invocation.invoke_async(redis), "resume on")
+            .await?;
         Ok((epoch, newest))
     }
 
@@ -477,7 +487,11 @@ impl Core {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(count.min(self.settings.history_events).min(i64::MAX as usize));
+            .arg(
+                count
+                    .min(self.settings.history_events)
+                    .min(i64::MAX as usize),
+            );
         let (epoch, newest): (Option<String>, StreamRangeReply) =
             self.query(&read, &mut redis).await?;
         let Some(epoch) = epoch else {
@@ -500,7 +514,9 @@ impl Core {
         let mut redis = self.publisher().await?;
         let mut invocation = publish::READY.key(&self.meta);
         invocation.arg(self.kind());
-        let kind: String = self.timed(invocation.invoke_async(&mut redis), "use").await?;
+        let kind: String = self
+            .timed(invocation.invoke_async(&mut redis), "use")
+            .await?;
         if kind != self.kind() {
             return Err(BackendError::new(
                 format!(

@@ -79,7 +79,10 @@ pub(super) async fn read(core: Arc<Core>) {
         let newest = number(meta.get(1));
         let Some(position) = &mut at else {
             // The first look: live from here.
-            at = Some(Progress { epoch, number: newest });
+            at = Some(Progress {
+                epoch,
+                number: newest,
+            });
             core.progress.send_replace(at.clone().unwrap_or_default());
             continue;
         };
@@ -144,12 +147,15 @@ fn restart_all(topics: &Topics) {
     }
 }
 
+/// Events for one topic, of one epoch, with their numbers.
+type Batch = (Arc<Topic>, Arc<str>, Vec<(u64, Bytes)>);
+
 /// Feeds `entries` (the hub's, of `epoch`) to the topics they belong to, each topic's in one
 /// batch, and moves `at` past them.
 fn feed(core: &Core, epoch: &Arc<str>, at: &mut Progress, entries: Vec<StreamId>) {
     let has_history = core.settings.history_events > 0;
     // One batch per topic and epoch, in the order of their first event.
-    let mut batches: Vec<(Arc<Topic>, Arc<str>, Vec<(u64, Bytes)>)> = Vec::new();
+    let mut batches: Vec<Batch> = Vec::new();
     let mut open: HashMap<*const Topic, usize> = HashMap::new();
     let topics = core.topics();
     let all = topics.all.as_ref().and_then(|topic| topic.upgrade());
