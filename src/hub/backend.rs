@@ -25,6 +25,10 @@ pub(crate) trait Backend: Send + Sync {
     /// Whether it can be reached and accepts the hub.
     fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Whether the backend feeds this server's topics: from its first look at the stored
+    /// events on, everything stored is fed. Waits for that look at most the response timeout.
+    fn feeding(&self) -> BoxFuture<'_, bool>;
+
     /// From now on, feeds `topic` the events of `key`. The backend holds it weakly.
     fn attach(&self, key: Option<&str>, topic: &Arc<Topic>);
 

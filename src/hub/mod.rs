@@ -129,8 +129,9 @@ pub enum Resume {
     /// The connection was already subscribed to this hub (this key): nothing was done, so it
     /// still gets each event once.
     AlreadySubscribed,
-    /// Resuming needed the backend, which could not be reached: the stream was closed, so
-    /// that the browser reconnects later with the same `Last-Event-ID` and loses nothing.
+    /// The backend could not be reached to resume the connection, or this server has not yet
+    /// reached it since it started: the stream was closed, so that the browser reconnects
+    /// later with the same `Last-Event-ID` and loses nothing.
     Unavailable,
 }
 
@@ -321,8 +322,7 @@ pub struct BroadcastStats {
     /// Times this server's reader lost the backend (it reconnects by itself).
     pub reader_reconnects: u64,
     /// Times the backend's history was found lost, recreated or moved past this server's
-    /// reader: the subscribers that may have missed events were closed, and resume or reset
-    /// when they reconnect.
+    /// reader: the subscribers that may have missed events got the reset event.
     pub stream_resets: u64,
 }
 
@@ -671,6 +671,13 @@ async fn subscribe_topic(
     cursor: Option<&str>,
 ) -> Resume {
     let unusable = conn.has_unusable_last_event_id();
+    if let Some(backend) = backend {
+        // Events stored before the backend's first look would not reach this subscriber.
+        if !backend.feeding().await {
+            conn.close();
+            return Resume::Unavailable;
+        }
+    }
     if let Some(resume) = topic.subscribe_here(conn, cursor, unusable) {
         return resume;
     }

@@ -1,136 +1,51 @@
 //! The tests themselves; see `tests/redis.rs`.
 
 use crate::common::{next_event, read_events, Client, Events, Proto, BOUND};
+use crate::server::{Proxy, RedisServer};
 use axum::{body::Body, Router};
-use http::{header, Request};
-use redis::AsyncCommands;
+use futures_util::{future::join_all, Stream, StreamExt};
+use http::{header, HeaderMap, Request};
+use http_body_util::BodyExt;
+use redis::aio::MultiplexedConnection;
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 use tokio::{net::TcpListener, sync::watch, time::timeout};
 use tower_eventsource::{
-    Connection, EventSourceService, PublishError, RedisBroadcast, RedisBuilder,
-    RedisKeyedBroadcast, Resume,
+    Broadcast, BroadcastBuilder, Connection, EventSource, KeyedBroadcast, Resume, SendError,
+    SlowClient,
 };
 
-/// A `redis-server` on a free loopback port, killed when dropped.
-struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    durable: bool,
-    child: Option<Child>,
+/// Each client's buffer, in events.
+const BUFFER: usize = 256;
+
+/// The hub "chat" on the Redis `client` reaches, keeping `history` events; ready to use.
+async fn chat(client: redis::Client, history: usize) -> Broadcast {
+    ready(Broadcast::builder().history(history).redis(client, "chat")).await
 }
 
-impl RedisServer {
-    /// Without persistence.
-    async fn start() -> RedisServer {
-        Self::start_with(false).await
-    }
-
-    /// With `appendonly yes` and `appendfsync always` when `durable`.
-    async fn start_with(durable: bool) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("tower-eventsource-redis-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-        let mut server = RedisServer {
-            port,
-            dir,
-            durable,
-            child: None,
-        };
-        server.run().await;
-        server
-    }
-
-    async fn run(&mut self) {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.durable {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            command.args(["--appendonly", "no"]);
-        }
-        let child = command.spawn().unwrap_or_else(|error| {
-            panic!("cannot start redis-server ({error}): install it (Debian: apt-get install redis-server)")
-        });
-        self.child = Some(child);
-        // Bounded: ready within BOUND or the test fails.
-        let deadline = tokio::time::Instant::now() + BOUND;
-        loop {
-            if let Ok(mut conn) = self.client().get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid url")
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        self.client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to redis")
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// `kill -9`, then start again on the same port with the same data directory.
-    async fn crash_and_restart(&mut self) {
-        self.kill();
-        self.run().await;
-    }
+async fn ready(builder: BroadcastBuilder) -> Broadcast {
+    let hub = builder.build();
+    hub.ready().await.expect("Redis accepts the hub");
+    hub
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn builder(redis: &RedisServer) -> RedisBuilder {
-    RedisBroadcast::builder(redis.client(), "chat").block(Duration::from_millis(200))
+/// The keyed hub "rooms" on the Redis `client` reaches, keeping `history` events of each key;
+/// ready to use.
+async fn rooms(client: redis::Client, history: usize) -> KeyedBroadcast<String> {
+    let hub = KeyedBroadcast::builder(Broadcast::builder().history(history))
+        .redis(client, "rooms")
+        .build();
+    hub.ready().await.expect("Redis accepts the hub");
+    hub
 }
 
 /// Serves `GET /events` (and `/events/KEY` for a keyed hub) on 127.0.0.1.
 async fn serve(hub: Hub) -> SocketAddr {
-    let events = EventSourceService::new(move |conn: Connection, req: Request<Body>| {
+    let handler = move |conn: Connection, req: Request<Body>| {
         let hub = hub.clone();
         async move {
             let key = req
@@ -138,13 +53,14 @@ async fn serve(hub: Hub) -> SocketAddr {
                 .path()
                 .trim_start_matches("/events")
                 .trim_start_matches('/');
-            let resume = match &hub {
+            let resume = match hub {
                 Hub::One(hub) => hub.subscribe(&conn).await,
                 Hub::Keyed(hub) => hub.subscribe(key, &conn).await,
             };
             assert_ne!(resume, Resume::AlreadySubscribed);
         }
-    });
+    };
+    let events = EventSource::new().buffer(BUFFER).service(handler);
     let app = Router::new()
         .route_service("/events", events.clone())
         .route_service("/events/{key}", events);
@@ -158,8 +74,8 @@ async fn serve(hub: Hub) -> SocketAddr {
 
 #[derive(Clone)]
 enum Hub {
-    One(RedisBroadcast),
-    Keyed(RedisKeyedBroadcast),
+    One(Broadcast),
+    Keyed(KeyedBroadcast<String>),
 }
 
 /// A client's stream of events from `path`, resuming from `last_event_id`.
@@ -201,20 +117,32 @@ async fn wait_for(done: impl Fn() -> bool) {
     .expect("in time");
 }
 
-/// Publishes `text` on `hub`, retrying (bounded) with one idempotency key while Redis is
-/// unreachable, as an application would.
-async fn publish(hub: &RedisBroadcast, text: &str) -> String {
-    let key = format!("{text}-{:?}", std::time::Instant::now());
+/// A fresh idempotency key.
+fn idempotency_key(text: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{text}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends `text` on `hub` and returns its id, retrying (bounded) with one idempotency key
+/// while Redis is unreachable, as an application would.
+async fn publish(hub: &Broadcast, text: &str) -> String {
+    let key = idempotency_key(text);
     timeout(BOUND, async {
         loop {
-            match hub.publish_idempotent(&key, text).await {
-                Ok(id) => return id,
+            match hub.send_idempotent(&key, text).await {
+                Ok(sent) => return sent.id().expect("an id").to_owned(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     })
     .await
-    .expect("published in time")
+    .expect("sent in time")
+}
+
+/// Sends `text` to `key` of `hub` and returns its id.
+async fn publish_to(hub: &KeyedBroadcast<String>, key: &str, text: &str) -> String {
+    let sent = hub.send(key, text).await.expect("sent");
+    sent.id().expect("an id").to_owned()
 }
 
 /// Reads events until the last of `texts`, and checks that what it read is a suffix of
@@ -251,68 +179,196 @@ async fn expect(events: &mut Events, texts: &[&str]) -> Vec<String> {
     ids
 }
 
+/// Reads the next event, which must be the reset event; returns its id.
+async fn expect_reset(events: &mut Events) -> String {
+    let reset = next_event(events).await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    reset.id
+}
+
+/// An id's epoch and number: `<epoch>-<number>`.
+fn position(id: &str) -> (&str, u64) {
+    let (epoch, number) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("no id: {id:?}"));
+    assert!(
+        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+        "no epoch in {id:?}"
+    );
+    (
+        epoch,
+        number
+            .parse()
+            .unwrap_or_else(|_| panic!("no number in {id:?}")),
+    )
+}
+
+/// Checks that `ids` are the ids `first`, `first + 1`, … of one numbering; returns its epoch.
+fn assert_numbered(ids: &[String], first: u64) -> &str {
+    let epoch = position(&ids[0]).0;
+    for (at, id) in ids.iter().enumerate() {
+        assert_eq!(position(id), (epoch, first + at as u64), "in {ids:?}");
+    }
+    epoch
+}
+
+/// Runs `command` on `conn` (a test's own connection to Redis).
+async fn query<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, command: &[&str]) -> T {
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    timeout(BOUND, cmd.query_async(conn))
+        .await
+        .expect("Redis answers in time")
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"))
+}
+
+/// Redis's connections, each as its `CLIENT LIST` fields.
+async fn client_list(admin: &mut MultiplexedConnection) -> Vec<HashMap<String, String>> {
+    let list: String = query(admin, &["CLIENT", "LIST", "TYPE", "normal"]).await;
+    list.lines()
+        .map(|line| {
+            line.split(' ')
+                .filter_map(|field| field.split_once('='))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// How many connections wait in `XREAD ... BLOCK` (readers with nothing left to read), of
+/// those that `through` selects by address.
+async fn readers_waiting(
+    admin: &mut MultiplexedConnection,
+    through: impl Fn(&str) -> bool,
+) -> usize {
+    client_list(admin)
+        .await
+        .iter()
+        .filter(|client| client.get("cmd").map(String::as_str) == Some("xread"))
+        .filter(|client| client.get("flags").is_some_and(|flags| flags.contains('b')))
+        .filter(|client| client.get("addr").is_some_and(|addr| through(addr)))
+        .count()
+}
+
+/// Waits (bounded) until `count` readers wait for new entries: each has made its first look
+/// at the stream, so it delivers every event stored from now on.
+async fn readers_ready(redis: &RedisServer, count: usize) {
+    let mut admin = redis.conn().await;
+    timeout(BOUND, async {
+        while readers_waiting(&mut admin, |_| true).await < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the readers wait for new entries in time");
+}
+
+/// Stalls the `count` readers that reach `redis` through `proxy`: once each waits in
+/// `XREAD ... BLOCK` with the proxy held, none can read anything, nor ask for anything else,
+/// until the proxy is released.
+async fn stall_readers(redis: &RedisServer, proxy: &Proxy, count: usize) {
+    let mut admin = redis.conn().await;
+    timeout(BOUND, async {
+        loop {
+            while readers_waiting(&mut admin, |addr| proxy.relays(addr)).await < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            proxy.hold();
+            // Still waiting after the hold: whatever ends their wait is held.
+            if readers_waiting(&mut admin, |addr| proxy.relays(addr)).await >= count {
+                return;
+            }
+            proxy.release();
+        }
+    })
+    .await
+    .expect("the readers stall in time");
+}
+
+/// How many times Redis ran `command` since it started.
+async fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let info: String = query(&mut redis.conn().await, &["INFO", "commandstats"]).await;
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |rest| {
+            rest.split(',').next().unwrap().parse().expect("a count")
+        })
+}
+
+async fn stream_len(redis: &RedisServer, key: &str) -> usize {
+    query(&mut redis.conn().await, &["XLEN", key]).await
+}
+
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_publish_on_either_instance_reaches_clients_of_both_with_the_same_ids() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let (addr_a, addr_b) = (
         serve(Hub::One(a.clone())).await,
         serve(Hub::One(b.clone())).await,
     );
-    let (_ca, mut on_a) =
-        open_subscribed(addr_a, "/events", None, || a.stats().local.subscribers).await;
-    let (_cb, mut on_b) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+    readers_ready(&redis, 2).await;
+    let (_ca, mut on_a) = open_subscribed(addr_a, "/events", None, || a.stats().subscribers).await;
+    let (_cb, mut on_b) = open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
 
     let mut published = Vec::new();
     for (hub, text) in [(&a, "1"), (&b, "2"), (&a, "3"), (&b, "4")] {
         published.push(publish(hub, text).await);
     }
+    assert_numbered(&published, 1);
     let ids_a = expect(&mut on_a, &["1", "2", "3", "4"]).await;
     let ids_b = expect(&mut on_b, &["1", "2", "3", "4"]).await;
     assert_eq!(ids_a, published);
     assert_eq!(ids_b, published);
-    assert_eq!(a.stats().published + b.stats().published, 4);
+    assert_eq!(stream_len(&redis, "{chat}").await, 4);
+    assert_eq!((a.stats().events_sent, b.stats().events_sent), (4, 4));
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn resuming_on_the_other_instance_from_an_id_got_on_the_first_is_exact() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let (addr_a, addr_b) = (
         serve(Hub::One(a.clone())).await,
         serve(Hub::One(b.clone())).await,
     );
+    readers_ready(&redis, 2).await;
 
     let (client, mut on_a) =
-        open_subscribed(addr_a, "/events", None, || a.stats().local.subscribers).await;
+        open_subscribed(addr_a, "/events", None, || a.stats().subscribers).await;
+    let mut published = Vec::new();
     for text in ["1", "2"] {
-        publish(&a, text).await;
+        published.push(publish(&a, text).await);
     }
     let seen = expect(&mut on_a, &["1", "2"]).await;
     client.disconnect().await;
     for text in ["3", "4"] {
-        publish(&a, text).await;
+        published.push(publish(&a, text).await);
     }
     // B's reader has delivered "4" once a live client of B sees "5". The watcher is live from
     // wherever B's reader was when it subscribed, which may be before "3" or "4".
     let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
-    publish(&a, "5").await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    published.push(publish(&a, "5").await);
     expect_ending(&mut watcher, &["3", "4", "5"]).await;
 
+    let xrange = calls(&redis, "xrange").await;
     let (_client, mut on_b) = open(addr_b, "/events", Some(&seen[1])).await;
-    expect(&mut on_b, &["3", "4", "5"]).await;
+    assert_eq!(expect(&mut on_b, &["3", "4", "5"]).await, published[2..]);
     publish(&b, "6").await;
     expect(&mut on_b, &["6"]).await;
-    assert_eq!(b.stats().resumed_locally, 1);
+    let stats = b.stats();
+    assert_eq!((stats.replays, stats.replays_from_backend), (1, 0));
     assert_eq!(
-        b.stats().resume_calls,
-        0,
+        calls(&redis, "xrange").await,
+        xrange,
         "a resume from local history costs Redis nothing"
     );
 }
@@ -321,54 +377,75 @@ async fn resuming_on_the_other_instance_from_an_id_got_on_the_first_is_exact() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_cursor_older_than_the_local_history_is_replayed_from_redis() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).history(2).build().await.unwrap();
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+    let a = chat(redis.client(), 100).await;
+    readers_ready(&redis, 1).await;
     let mut ids = Vec::new();
-    for text in ["1", "2", "3", "4", "5", "6"] {
+    for text in ["1", "2", "3"] {
         ids.push(publish(&a, text).await);
     }
-    expect(&mut watcher, &["1", "2", "3", "4", "5", "6"]).await;
+    // B starts after "3": its own history begins after it.
+    let b = chat(redis.client(), 100).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_watch, mut watcher) =
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
+    for text in ["4", "5", "6"] {
+        ids.push(publish(&a, text).await);
+    }
+    expect(&mut watcher, &["4", "5", "6"]).await;
 
     let (_client, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
     let got = expect(&mut resumed, &["2", "3", "4", "5", "6"]).await;
     assert_eq!(got, ids[1..]);
-    publish(&a, "7").await;
+    ids.push(publish(&a, "7").await);
     expect(&mut resumed, &["7"]).await;
+    expect(&mut watcher, &["7"]).await;
     let stats = b.stats();
-    assert_eq!((stats.resumed_from_redis, stats.resumed_locally), (1, 0));
-    assert_eq!(stats.local.resets, 0);
+    assert_eq!((stats.replays, stats.replays_from_backend), (1, 1));
+    assert_eq!(stats.resets, 0);
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
-async fn a_cursor_further_back_than_the_replay_limit_gets_the_reset() {
+async fn a_cursor_further_back_than_the_history_window_gets_the_reset() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis)
-        .history(1)
-        .replay_limit(2)
-        .build()
-        .await
-        .unwrap();
+    let a = chat(redis.client(), 2).await;
+    let b = chat(redis.client(), 2).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3", "4", "5"] {
         ids.push(publish(&a, text).await);
     }
     expect(&mut watcher, &["1", "2", "3", "4", "5"]).await;
-    let (_client, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
-    let reset = next_event(&mut resumed).await;
-    assert_eq!(
-        (reset.event.as_str(), reset.id.as_str()),
-        ("reset", ids[4].as_str())
-    );
-    publish(&a, "6").await;
-    expect(&mut resumed, &["6"]).await;
+    // Redis still holds every event, but the window is the last two.
+    assert_eq!(stream_len(&redis, "{chat}").await, 5);
+
+    let (_c1, mut too_old) = open(addr_b, "/events", Some(&ids[0])).await;
+    assert_eq!(expect_reset(&mut too_old).await, ids[4]);
+    ids.push(publish(&a, "6").await);
+    expect(&mut too_old, &["6"]).await;
+    expect(&mut watcher, &["6"]).await;
+    // "3" is third from the newest ("6"): out of the window.
+    let (_c2, mut just_out) = open(addr_b, "/events", Some(&ids[2])).await;
+    assert_eq!(expect_reset(&mut just_out).await, ids[5]);
+    // "4" is the oldest id the window resumes from: "5" and "6" follow it.
+    let (_c3, mut edge) = open(addr_b, "/events", Some(&ids[3])).await;
+    assert_eq!(expect(&mut edge, &["5", "6"]).await, ids[4..]);
+    let stats = b.stats();
+    assert_eq!((stats.resets, stats.replays), (2, 1));
+
+    // The same on an instance that holds none of them: the window is Redis's.
+    let c = chat(redis.client(), 2).await;
+    let addr_c = serve(Hub::One(c.clone())).await;
+    let (_c4, mut from_redis) = open(addr_c, "/events", Some(&ids[3])).await;
+    assert_eq!(expect(&mut from_redis, &["5", "6"]).await, ids[4..]);
+    let (_c5, mut out) = open(addr_c, "/events", Some(&ids[2])).await;
+    assert_eq!(expect_reset(&mut out).await, ids[5]);
+    let stats = c.stats();
+    assert_eq!((stats.replays_from_backend, stats.resets), (1, 1));
 }
 
 /// A client that reads until it has reached the id `until` gets once it is known (the id of
@@ -391,7 +468,7 @@ async fn follow(
             return (resets, reset_id, texts);
         }
         let next = tokio::select! {
-            next = timeout(BOUND, futures_util::StreamExt::next(&mut events)) => next,
+            next = timeout(BOUND, events.next()) => next,
             Ok(()) = until.changed() => continue,
         };
         match next.expect("an event or the end of the stream in time") {
@@ -414,159 +491,184 @@ async fn follow(
     }
 }
 
-/// What a client must get after a reset with `reset_id`: exactly the events published after
-/// it (all of `texts` when the reset's id is the new stream's start).
+/// What a client must get after a reset with `reset_id`: exactly the events of the new
+/// numbering (`ids`, sent with `texts`) after it, all of them when the reset's id is the
+/// numbering's start.
 fn after_reset<'a>(reset_id: &str, ids: &[String], texts: &[&'a str]) -> Vec<&'a str> {
-    let from = ids
-        .iter()
-        .position(|id| id == reset_id)
-        .map_or(0, |at| at + 1);
-    if from == 0 {
-        assert!(
-            reset_id.ends_with("-0-0"),
-            "the reset's id {reset_id} is a start or an event's"
-        );
-    }
-    texts[from..].to_vec()
+    let (epoch, at) = position(reset_id);
+    assert_eq!(
+        epoch,
+        position(&ids[0]).0,
+        "the reset is of the new numbering"
+    );
+    assert!(
+        at == 0 || ids.iter().any(|id| id == reset_id),
+        "the reset's id {reset_id} is the start or an event's"
+    );
+    ids.iter()
+        .zip(texts)
+        .filter(|(id, _)| position(id).1 > at)
+        .map(|(_, text)| *text)
+        .collect()
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn trimming_past_a_cursor_gets_the_reset_and_delivery_goes_on() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).history(1).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3"] {
         ids.push(publish(&a, text).await);
     }
     expect(&mut watcher, &["1", "2", "3"]).await;
-    let _: usize = redis
-        .conn()
-        .await
-        .xtrim("{chat}", redis::streams::StreamMaxlen::Equals(1))
-        .await
-        .unwrap();
+    let trimmed: usize = query(&mut redis.conn().await, &["XTRIM", "{chat}", "MAXLEN", "1"]).await;
+    assert_eq!(trimmed, 2);
 
-    let (_client, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
-    let reset = next_event(&mut resumed).await;
-    assert_eq!(reset.event, "reset");
-    publish(&a, "4").await;
-    expect(&mut resumed, &["4"]).await;
-    expect(&mut watcher, &["4"]).await;
+    // An instance whose own history does not hold them resumes through Redis.
+    let c = chat(redis.client(), 100).await;
+    let addr_c = serve(Hub::One(c.clone())).await;
+    let (_c1, mut past) = open(addr_c, "/events", Some(&ids[0])).await;
+    assert_eq!(expect_reset(&mut past).await, ids[2]);
+    // A cursor the trim left whole still resumes.
+    let (_c2, mut kept) = open(addr_c, "/events", Some(&ids[1])).await;
+    assert_eq!(expect(&mut kept, &["3"]).await, ids[2..]);
+    ids.push(publish(&a, "4").await);
+    for events in [&mut past, &mut kept, &mut watcher] {
+        assert_eq!(expect(events, &["4"]).await, ids[3..]);
+    }
+    let stats = c.stats();
+    assert_eq!((stats.resets, stats.replays_from_backend), (1, 1));
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
-async fn a_stream_trimmed_past_the_reader_gets_one_reset_and_delivery_goes_on() {
+async fn a_stream_trimmed_past_a_stalled_reader_gets_one_reset_and_delivery_goes_on() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let proxy = Proxy::start(&redis).await;
+    let a = chat(redis.client(), 100).await;
+    let b = chat(proxy.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     publish(&a, "1").await;
     let seen = expect(&mut events, &["1"]).await;
-    // Three entries added and all but the last trimmed at once, before any reader can see
-    // them: the stream no longer proves that nothing after "1" is missing.
-    let added: Vec<String> = redis::Script::new(
-        "local epoch = redis.call('HGET', KEYS[2], 'epoch')
-         local ids = {}
-         for _, data in ipairs(ARGV) do
-           local id = redis.call('XADD', KEYS[1], '*', 'e', epoch, 'k', '', 'f', 'data: ' .. data .. '\\n')
-           table.insert(ids, epoch .. '-' .. id)
-         end
-         redis.call('XTRIM', KEYS[1], 'MAXLEN', 1)
-         return ids",
-    )
-    .key("{chat}")
-    .key("{chat}:meta")
-    .arg(&["2", "3", "4"][..])
-    .invoke_async(&mut redis.conn().await)
-    .await
-    .unwrap();
+
+    // B's reader cannot read while three events are sent and all but the last trimmed: the
+    // stream no longer proves that nothing after "1" is missing.
+    stall_readers(&redis, &proxy, 1).await;
+    let mut lost = Vec::new();
+    for text in ["2", "3", "4"] {
+        lost.push(publish(&a, text).await);
+    }
+    let trimmed: usize = query(&mut redis.conn().await, &["XTRIM", "{chat}", "MAXLEN", "1"]).await;
+    assert_eq!(trimmed, 3);
+    proxy.release();
+
     let (until_tx, until) = watch::channel(None);
     let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     let id = publish(&a, "5").await;
     until_tx.send_replace(Some(id.clone()));
-    let (resets, reset_id, texts) = follower.await.unwrap();
+    let (resets, reset_id, texts) = timeout(BOUND * 2, follower)
+        .await
+        .expect("in time")
+        .unwrap();
     assert_eq!(resets, 1);
-    // The reset's id is the newest B had delivered when the client came back: the position
-    // just before the first kept entry ("4"), or "4"'s, or "5"'s. Never before the last lost
-    // one ("3"), and the client gets exactly what follows it.
+    // The reset's id is never before the last lost event ("3"), and the client gets exactly
+    // what follows it.
     let (epoch, reset_at) = position(&reset_id);
-    assert_eq!(epoch, position(&added[2]).0);
-    assert!(position(&added[1]).1 <= reset_at && reset_at <= position(&id).1);
-    let after: Vec<&str> = [(&added[2], "4"), (&id, "5")]
+    assert_eq!(epoch, position(&lost[2]).0);
+    assert!(position(&lost[1]).1 <= reset_at && reset_at <= position(&id).1);
+    let after: Vec<&str> = [(&lost[2], "4"), (&id, "5")]
         .into_iter()
         .filter(|(id, _)| position(id).1 > reset_at)
         .map(|(_, text)| text)
         .collect();
     assert_eq!(texts, after);
+    assert_eq!(b.stats().stream_resets, 1);
 }
 
-/// An id's epoch and its stream position, as numbers.
-fn position(id: &str) -> (&str, (u64, u64)) {
-    let mut parts = id.split('-');
-    let mut next = || parts.next().unwrap_or_else(|| panic!("no id: {id}"));
-    let epoch = next();
-    let ms = next().parse().expect("ms");
-    let seq = next().parse().expect("seq");
-    (epoch, (ms, seq))
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: run with --include-ignored"]
-async fn deleting_the_stream_gets_one_reset_and_delivery_goes_on() {
+/// Loses the hub's history in Redis with `lose` while a client of B follows it: the client
+/// gets exactly one reset, then every event of the new numbering after the reset's id.
+async fn losing_the_history_gives_one_reset(lose: &[&str]) {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     publish(&a, "1").await;
     let seen = expect(&mut events, &["1"]).await;
-    let _: usize = redis.conn().await.del("{chat}").await.unwrap();
-    // The first event of the new stream: B cannot know what it missed in between, so its
-    // subscribers get exactly one reset, then what follows the reset's id.
+    let _: redis::Value = query(&mut redis.conn().await, lose).await;
+    // The first event of the new numbering: B cannot know what it missed in between, so its
+    // subscribers get exactly one reset, then what follows the reset's id. B's reader notices
+    // within its wait for new entries (2 s).
     let mut ids = vec![publish(&a, "2").await];
     let (until_tx, until) = watch::channel(None);
     let follower = tokio::spawn(follow(addr_b, Some(seen[0].clone()), events, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     ids.push(publish(&a, "3").await);
     ids.push(publish(&b, "4").await);
+    assert_numbered(&ids, 1);
+    assert_ne!(position(&ids[0]).0, position(&seen[0]).0, "a new epoch");
     until_tx.send_replace(ids.last().cloned());
-    let (resets, reset_id, texts) = follower.await.unwrap();
+    let (resets, reset_id, texts) = timeout(BOUND * 2, follower)
+        .await
+        .expect("in time")
+        .unwrap();
     assert_eq!(resets, 1);
     assert_eq!(texts, after_reset(&reset_id, &ids, &["2", "3", "4"]));
+    assert_eq!(b.stats().stream_resets, 1);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn deleting_the_stream_gets_one_reset_and_delivery_goes_on() {
+    losing_the_history_gives_one_reset(&["DEL", "{chat}"]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn flushall_gets_one_reset_and_delivery_goes_on() {
+    losing_the_history_gives_one_reset(&["FLUSHALL"]).await;
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on() {
     let mut redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let quick = |client: redis::Client| {
+        Broadcast::builder()
+            .history(100)
+            .response_timeout(Duration::from_secs(1))
+            .redis(client, "chat")
+    };
+    let a = ready(quick(redis.client())).await;
+    let b = ready(quick(redis.client())).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     publish(&a, "1").await;
     let ids = expect(&mut events, &["1"]).await;
 
     redis.kill();
-    // While Redis is down, publishing fails, open streams stay open, and a resume from this
-    // server's history still works.
-    assert!(matches!(
-        a.publish("lost").await,
-        Err(PublishError::Redis(_))
-    ));
-    assert_eq!(b.stats().local.subscribers, 1);
+    // While Redis is down, sending fails (within the response timeout), open streams stay
+    // open, and a resume from this server's history still works.
+    let lost = timeout(BOUND, a.send("lost")).await.expect("fails in time");
+    assert!(lost.is_err(), "{lost:?}");
+    assert!(a.ready().await.is_err());
+    assert_eq!(b.stats().subscribers, 1);
     let (_other, resumed) = open(addr_b, "/events", Some(&ids[0])).await;
-    wait_for(|| b.stats().resumed_locally == 1).await;
+    wait_for(|| b.stats().replays == 1).await;
 
     redis.run().await;
     let mut new_ids = vec![publish(&a, "2").await];
@@ -575,9 +677,13 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
     let second = tokio::spawn(follow(addr_b, Some(ids[0].clone()), resumed, until));
     wait_for(|| b.stats().stream_resets == 1).await;
     new_ids.push(publish(&a, "3").await);
+    assert_numbered(&new_ids, 1);
     until_tx.send_replace(new_ids.last().cloned());
     for follower in [first, second] {
-        let (resets, reset_id, texts) = follower.await.unwrap();
+        let (resets, reset_id, texts) = timeout(BOUND * 2, follower)
+            .await
+            .expect("in time")
+            .unwrap();
         assert_eq!(resets, 1);
         assert_eq!(texts, after_reset(&reset_id, &new_ids, &["2", "3"]));
     }
@@ -587,11 +693,12 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn with_appendfsync_always_a_crash_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start_with(true).await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).history(1).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3"] {
         ids.push(publish(&a, text).await);
@@ -600,101 +707,96 @@ async fn with_appendfsync_always_a_crash_loses_nothing_acknowledged() {
 
     redis.crash_and_restart().await;
     ids.push(publish(&a, "4").await);
+    assert_numbered(&ids, 1);
     // The same stream goes on, with no reset.
     assert_eq!(expect(&mut events, &["4"]).await, ids[3..]);
-    // Every acknowledged event is still in Redis: a resume from the first replays them.
-    let (_other, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
+    // Every acknowledged event is still in Redis: a resume from the first on an instance
+    // that never saw them replays them from Redis.
+    let c = chat(redis.client(), 100).await;
+    let addr_c = serve(Hub::One(c.clone())).await;
+    let (_other, mut resumed) = open(addr_c, "/events", Some(&ids[0])).await;
     assert_eq!(expect(&mut resumed, &["2", "3", "4"]).await, ids[1..]);
+    assert_eq!(c.stats().replays_from_backend, 1);
     let recent: Vec<String> = a
         .recent(10)
         .await
         .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
+        .iter()
+        .map(|entry| entry.id().to_owned())
         .collect();
     assert_eq!(recent, ids);
     assert_eq!(b.stats().stream_resets, 0);
+    assert_eq!(b.stats().resets, 0);
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_killed_reader_connection_is_survived_with_no_visible_break() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
     publish(&a, "1").await;
     expect(&mut events, &["1"]).await;
 
     let mut admin = redis.conn().await;
-    let killed: usize = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let killed: usize = query(
+        &mut admin,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+    )
+    .await;
     assert!(
-        killed >= 2,
-        "the readers' and publishers' connections were killed"
+        killed >= 4,
+        "the readers' and publishers' connections were killed: {killed}"
     );
-    // Published while the reader may still be away: it goes on from the last entry it read.
+    // Sent while the reader may still be away: it goes on from the last entry it read.
     publish(&a, "2").await;
     publish(&a, "3").await;
     expect(&mut events, &["2", "3"]).await;
     wait_for(|| b.stats().reader_reconnects >= 1).await;
-    assert_eq!(b.stats().local.resets, 0);
+    let stats = b.stats();
+    assert_eq!((stats.resets, stats.stream_resets), (0, 0));
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
-async fn a_retried_publish_with_the_same_idempotency_key_stores_one_entry() {
+async fn a_retried_send_with_the_same_idempotency_key_stores_one_entry() {
     let redis = RedisServer::start().await;
-    let a = builder(&redis).build().await.unwrap();
-    let b = builder(&redis).build().await.unwrap();
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
     let addr_b = serve(Hub::One(b.clone())).await;
     let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().local.subscribers).await;
-    let first = a.publish_idempotent("order-17", "paid").await.unwrap();
-    let again = b.publish_idempotent("order-17", "paid").await.unwrap();
-    assert_eq!(first, again);
-    let other = a.publish_idempotent("order-18", "paid").await.unwrap();
-    assert_ne!(first, other);
-    let len: usize = redis.conn().await.xlen("{chat}").await.unwrap();
-    assert_eq!(len, 2);
-    assert_eq!(expect(&mut events, &["paid", "paid"]).await, [first, other]);
-}
-
-/// A keyed hub on `redis`'s "rooms" streams, keeping `history` events of each key locally.
-async fn keyed_hub(
-    redis: &RedisServer,
-    history: usize,
-    shards: usize,
-) -> Result<RedisKeyedBroadcast, redis::RedisError> {
-    RedisBroadcast::builder(redis.client(), "rooms")
-        .block(Duration::from_millis(200))
-        .history(history)
-        .shards(shards)
-        .build_keyed()
-        .await
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
+    let first = a.send_idempotent("order-17", "paid").await.unwrap();
+    let again = b.send_idempotent("order-17", "paid").await.unwrap();
+    assert_eq!(first.id(), again.id());
+    let other = a.send_idempotent("order-18", "paid").await.unwrap();
+    assert_ne!(first.id(), other.id());
+    assert_eq!(stream_len(&redis, "{chat}").await, 2);
+    assert_eq!(
+        expect(&mut events, &["paid", "paid"]).await,
+        [first.id().unwrap(), other.id().unwrap()]
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     let redis = RedisServer::start().await;
-    let keyed = |history| keyed_hub(&redis, history, 4);
-    let a = keyed(100).await.unwrap();
-    let b = keyed(1).await.unwrap();
-    let (addr_b, _) = (serve(Hub::Keyed(b.clone())).await, ());
-    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, || {
-        b.stats().local.subscribers
-    })
-    .await;
-    let (_c2, mut bob) =
-        open_subscribed(addr_b, "/events/bob", None, || b.stats().local.subscribers).await;
+    let a = rooms(redis.client(), 2).await;
+    let b = rooms(redis.client(), 2).await;
+    let addr_b = serve(Hub::Keyed(b.clone())).await;
+    let subscribers = || b.stats().totals.subscribers;
+    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, subscribers).await;
+    let (_c2, mut bob) = open_subscribed(addr_b, "/events/bob", None, subscribers).await;
+    readers_ready(&redis, 2).await;
 
     let mut alice_ids = Vec::new();
+    let mut bob_ids = Vec::new();
     for (key, text) in [
         ("alice", "a1"),
         ("bob", "b1"),
@@ -702,36 +804,53 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
         ("alice", "a3"),
         ("bob", "b2"),
     ] {
-        let id = a.publish(key, text).await.unwrap();
-        if key == "alice" {
-            alice_ids.push(id);
+        let id = publish_to(&a, key, text).await;
+        match key {
+            "alice" => alice_ids.push(id),
+            _ => bob_ids.push(id),
         }
     }
+    // Each key numbers its own events.
+    let alice_epoch = assert_numbered(&alice_ids, 1);
+    assert_ne!(alice_epoch, assert_numbered(&bob_ids, 1));
     assert_eq!(expect(&mut alice, &["a1", "a2", "a3"]).await, alice_ids);
-    expect(&mut bob, &["b1", "b2"]).await;
+    assert_eq!(expect(&mut bob, &["b1", "b2"]).await, bob_ids);
 
-    // B keeps one event of alice's: a resume from her first goes through Redis, per key.
-    let (_c3, mut resumed) = open(addr_b, "/events/alice", Some(&alice_ids[0])).await;
-    assert_eq!(expect(&mut resumed, &["a2", "a3"]).await, alice_ids[1..]);
-    a.publish("alice", "a4").await.unwrap();
-    expect(&mut resumed, &["a4"]).await;
-    expect(&mut alice, &["a4"]).await;
-    assert_eq!(b.stats().resumed_from_redis, 1);
+    // However busy bob is, alice's last two events resume, on any instance.
+    for at in 0..20 {
+        bob_ids.push(publish_to(&a, "bob", &format!("b{}", at + 3)).await);
+    }
+    let c = rooms(redis.client(), 2).await;
+    let addr_c = serve(Hub::Keyed(c.clone())).await;
+    let (_c3, mut on_c) = open(addr_c, "/events/alice", Some(&alice_ids[1])).await;
+    assert_eq!(expect(&mut on_c, &["a3"]).await, alice_ids[2..]);
+    let (_c4, mut on_b) = open(addr_b, "/events/alice", Some(&alice_ids[1])).await;
+    assert_eq!(expect(&mut on_b, &["a3"]).await, alice_ids[2..]);
+    alice_ids.push(publish_to(&a, "alice", "a4").await);
+    for events in [&mut on_c, &mut on_b, &mut alice] {
+        assert_eq!(expect(events, &["a4"]).await, alice_ids[3..]);
+    }
+    assert_eq!(c.stats().totals.replays_from_backend, 1);
+    let on_b_stats = b.key_stats("alice").expect("alice is a key of B");
+    assert_eq!((on_b_stats.replays, on_b_stats.resets), (1, 0));
+    // Out of alice's window: the reset.
+    let (_c5, mut old) = open(addr_c, "/events/alice", Some(&alice_ids[0])).await;
+    assert_eq!(expect_reset(&mut old).await, alice_ids[3]);
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: run with --include-ignored"]
-async fn an_id_of_another_key_of_the_same_stream_gets_the_reset() {
+async fn an_id_of_another_key_gets_the_reset() {
     let redis = RedisServer::start().await;
-    let keyed = |history| keyed_hub(&redis, history, 1);
-    let a = keyed(100).await.unwrap();
-    let b = keyed(100).await.unwrap();
+    let a = rooms(redis.client(), 100).await;
+    let b = rooms(redis.client(), 100).await;
     let addr_b = serve(Hub::Keyed(b.clone())).await;
     // Alice has a live client on B, so B keeps her history.
     let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, || {
-        b.stats().local.subscribers
+        b.stats().totals.subscribers
     })
     .await;
+    readers_ready(&redis, 2).await;
     let mut bob_ids = Vec::new();
     for (key, text) in [
         ("bob", "b1"),
@@ -739,26 +858,443 @@ async fn an_id_of_another_key_of_the_same_stream_gets_the_reset() {
         ("bob", "b2"),
         ("alice", "a2"),
     ] {
-        let id = a.publish(key, text).await.unwrap();
+        let id = publish_to(&a, key, text).await;
         if key == "bob" {
             bob_ids.push(id);
         }
     }
     let alice_ids = expect(&mut alice, &["a1", "a2"]).await;
+    let alice_epoch = position(&alice_ids[0]).0;
 
-    // Bob's ids are positions in the same stream, but never cursors of alice's: whether the
-    // cursor is inside her local history (b2) or older than it (b1), it gets the reset.
-    for bob_id in &bob_ids {
-        let (_c, mut stolen) = open(addr_b, "/events/alice", Some(bob_id)).await;
-        let reset = next_event(&mut stolen).await;
-        assert_eq!(
-            (reset.event.as_str(), reset.id.as_str()),
-            ("reset", alice_ids[1].as_str())
-        );
+    // Bob's ids are numbers alice's events also have, but never cursors of alice's; nor is a
+    // number alice never reached.
+    let forged = format!("{alice_epoch}-99");
+    for cursor in bob_ids.iter().chain([&forged]) {
+        let (_c, mut stolen) = open(addr_b, "/events/alice", Some(cursor)).await;
+        assert_eq!(expect_reset(&mut stolen).await, alice_ids[1]);
     }
     // Her own ids still resume exactly, from the local history.
     let (_c2, mut resumed) = open(addr_b, "/events/alice", Some(&alice_ids[0])).await;
     assert_eq!(expect(&mut resumed, &["a2"]).await, alice_ids[1..]);
+    let stats = b.key_stats("alice").expect("alice is a key of B");
+    assert_eq!((stats.resets, stats.replays), (3, 1));
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn a_keyed_idempotency_key_is_per_key() {
+    let redis = RedisServer::start().await;
+    let a = rooms(redis.client(), 100).await;
+    let b = rooms(redis.client(), 100).await;
+    let addr_b = serve(Hub::Keyed(b.clone())).await;
+    let subscribers = || b.stats().totals.subscribers;
+    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, subscribers).await;
+    let (_c2, mut bob) = open_subscribed(addr_b, "/events/bob", None, subscribers).await;
+    readers_ready(&redis, 2).await;
+
+    let for_alice = a
+        .send_idempotent("alice", "op-1", "for alice")
+        .await
+        .unwrap();
+    let for_bob = a.send_idempotent("bob", "op-1", "for bob").await.unwrap();
+    assert_ne!(for_alice.id(), for_bob.id());
+    // A repeat for bob, on another instance, is bob's first send again.
+    let again = b.send_idempotent("bob", "op-1", "for bob").await.unwrap();
+    assert_eq!(again.id(), for_bob.id());
+    assert_eq!(stream_len(&redis, "{rooms}").await, 2);
+    assert_eq!(
+        expect(&mut bob, &["for bob"]).await,
+        [for_bob.id().unwrap()]
+    );
+    assert_eq!(
+        expect(&mut alice, &["for alice"]).await,
+        [for_alice.id().unwrap()]
+    );
+    // Nothing more came: the next event of each is the next sent.
+    publish_to(&a, "bob", "next").await;
+    publish_to(&a, "alice", "next").await;
+    expect(&mut bob, &["next"]).await;
+    expect(&mut alice, &["next"]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn clients_that_read_are_never_slow_after_an_outage_of_their_reader() {
+    const EVENTS: usize = 600;
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(&redis).await;
+    let a = chat(redis.client(), 1000).await;
+    let dropping = chat(proxy.client(), 1000).await;
+    let skipping = ready(
+        Broadcast::builder()
+            .history(1000)
+            .slow_client(SlowClient::Skip)
+            .redis(proxy.client(), "chat"),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for hub in [&dropping, &skipping] {
+        let addr = serve(Hub::One(hub.clone())).await;
+        clients.push(open_subscribed(addr, "/events", None, || hub.stats().subscribers).await);
+    }
+    readers_ready(&redis, 3).await;
+    publish(&a, "first").await;
+    for (_, events) in &mut clients {
+        expect(events, &["first"]).await;
+    }
+
+    // Both readers are cut off from Redis while many more events than a client's buffer
+    // holds are sent; then they get them all at once.
+    stall_readers(&redis, &proxy, 2).await;
+    let texts: Vec<String> = (0..EVENTS).map(|at| format!("e{at}")).collect();
+    let mut ids = Vec::new();
+    for text in &texts {
+        ids.push(publish(&a, text).await);
+    }
+    assert_eq!(stream_len(&redis, "{chat}").await, EVENTS + 1);
+    proxy.release();
+
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for (_, events) in &mut clients {
+        assert_eq!(expect(events, &texts).await, ids);
+    }
+    let (dropping, skipping) = (dropping.stats(), skipping.stats());
+    assert_eq!(dropping.slow_disconnects, 0, "{dropping:?}");
+    assert_eq!(skipping.events_skipped, 0, "{skipping:?}");
+    for stats in [dropping, skipping] {
+        assert_eq!(stats.subscribers, 1);
+        assert_eq!(stats.events_sent, EVENTS as u64 + 1);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn deliveries_count_each_event_of_what_a_reader_gets_at_once() {
+    const EVENTS: usize = 10;
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(&redis).await;
+    let a = chat(redis.client(), 100).await;
+    let b = chat(proxy.client(), 100).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_client, mut events) =
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
+    stall_readers(&redis, &proxy, 1).await;
+    let texts: Vec<String> = (0..EVENTS).map(|at| format!("e{at}")).collect();
+    for text in &texts {
+        publish(&a, text).await;
+    }
+    proxy.release();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    expect(&mut events, &texts).await;
     let stats = b.stats();
-    assert_eq!((stats.local.resets, stats.resumed_locally), (2, 1));
+    assert_eq!(stats.events_sent, EVENTS as u64, "{stats:?}");
+    assert_eq!(
+        stats.deliveries, EVENTS as u64,
+        "each event handed to the one subscriber is a delivery: {stats:?}"
+    );
+}
+
+/// Reads Server-Sent Events from a response body of this crate's.
+fn events_of<B>(body: B) -> impl Stream<Item = eventsource_stream::Event> + Unpin
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Debug + Send,
+{
+    use eventsource_stream::Eventsource;
+    Box::pin(
+        body.into_data_stream()
+            .eventsource()
+            .map(|event| event.expect("the stream parses")),
+    )
+}
+
+/// Sends `count` events on `hub` all at once; returns their ids and texts.
+async fn burst(hub: &Broadcast, prefix: &str, count: usize) -> HashMap<String, String> {
+    let texts: Vec<String> = (0..count).map(|at| format!("{prefix}{at}")).collect();
+    let sends = texts.iter().map(|text| hub.send(text.as_str()));
+    let sent = timeout(BOUND, join_all(sends)).await.expect("sent in time");
+    sent.into_iter()
+        .zip(texts)
+        .map(|(sent, text)| (sent.expect("sent").id().expect("an id").to_owned(), text))
+        .collect()
+}
+
+/// Reads `sent.len()` events, which must be those sent, in the order of their numbers from 1.
+async fn expect_all_from_the_first(
+    events: &mut (impl Stream<Item = eventsource_stream::Event> + Unpin),
+    sent: &HashMap<String, String>,
+) {
+    let mut epoch = None;
+    for number in 1..=sent.len() as u64 {
+        let event = timeout(BOUND, events.next())
+            .await
+            .expect("an event arrives in time")
+            .expect("the stream has not ended");
+        let (its_epoch, its_number) = position(&event.id);
+        assert_eq!(*epoch.get_or_insert(its_epoch.to_owned()), its_epoch);
+        assert_eq!(its_number, number, "{event:?}");
+        assert_eq!(event.data, sent[&event.id]);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn a_subscriber_of_a_new_hub_gets_every_event_from_the_first() {
+    let redis = RedisServer::start().await;
+    // Subscribed on B before the hub has any event; A sends many at once.
+    let a = chat(redis.client(), 1000).await;
+    let b = chat(redis.client(), 1000).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_client, events) =
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
+    let sent = burst(&a, "x", 600).await;
+    let mut events = events.map(|event| event.expect("the stream parses"));
+    expect_all_from_the_first(&mut events, &sent).await;
+    let stats = b.stats();
+    assert_eq!((stats.slow_disconnects, stats.events_sent), (0, 600));
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn a_subscriber_of_a_hub_just_built_gets_every_event_sent_after_it_subscribed() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(&redis).await;
+    let a = chat(redis.client(), 1000).await;
+    readers_ready(&redis, 1).await;
+    // B is built while its way to Redis is held up: until its reader has looked at the hub's
+    // stream, it cannot promise a subscriber what is stored meanwhile, so it closes the
+    // stream (the browser comes back) rather than start it with a silent gap.
+    proxy.hold();
+    let b = Broadcast::builder()
+        .history(1000)
+        .response_timeout(Duration::from_millis(300))
+        .redis(proxy.client(), "chat")
+        .build();
+    let (early, response) = EventSource::new().buffer(BUFFER).connect(&HeaderMap::new());
+    let waited = std::time::Instant::now();
+    assert_eq!(b.subscribe(&early).await, Resume::Unavailable);
+    assert!(
+        waited.elapsed() < BOUND,
+        "answered within the response timeout"
+    );
+    assert!(early.is_closed());
+    let mut early_events = events_of(response.into_body());
+    let ended = timeout(BOUND, early_events.next())
+        .await
+        .expect("ends in time");
+    assert!(
+        ended.is_none(),
+        "the early stream ends with no event: {ended:?}"
+    );
+    // Once it has looked, a subscriber gets every event stored after it subscribed, even a
+    // burst sent at once.
+    proxy.release();
+    let (conn, response) = EventSource::new().buffer(BUFFER).connect(&HeaderMap::new());
+    assert_eq!(b.subscribe(&conn).await, Resume::Live);
+    let mut sent = burst(&a, "x", 600).await;
+    let last = publish(&a, "last").await;
+    sent.insert(last, "last".to_owned());
+    let mut events = events_of(response.into_body());
+    expect_all_from_the_first(&mut events, &sent).await;
+}
+
+/// Waits (bounded) until Redis has `expected` connections.
+async fn connections_come_to(admin: &mut MultiplexedConnection, expected: usize) {
+    let mut now = 0;
+    let waited = timeout(BOUND, async {
+        loop {
+            now = client_list(admin).await.len();
+            if now == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{now} connections, not {expected}");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn dropping_the_last_clone_of_a_hub_stops_its_reader() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis.conn().await;
+    let before = client_list(&mut admin).await.len();
+    let mut plain = Vec::new();
+    let mut keyed = Vec::new();
+    for at in 0..3 {
+        plain.push(
+            ready(
+                Broadcast::builder()
+                    .history(10)
+                    .redis(redis.client(), format!("p{at}")),
+            )
+            .await,
+        );
+    }
+    for at in 0..2 {
+        let hub: KeyedBroadcast<String> = KeyedBroadcast::builder(Broadcast::builder())
+            .redis(redis.client(), format!("k{at}"))
+            .build();
+        hub.ready().await.expect("Redis accepts the hub");
+        keyed.push(hub);
+    }
+    // Each hub has a reader and a connection for its sends.
+    connections_come_to(&mut admin, before + 10).await;
+    readers_ready(&redis, 5).await;
+
+    // Clones keep them going.
+    let plain_clones = plain.clone();
+    let keyed_clones = keyed.clone();
+    drop((plain, keyed));
+    let (conn, response) = EventSource::new().connect(&HeaderMap::new());
+    assert_eq!(plain_clones[0].subscribe(&conn).await, Resume::Live);
+    let id = publish(&plain_clones[0], "still here").await;
+    let event = timeout(BOUND, events_of(response.into_body()).next())
+        .await
+        .expect("an event arrives in time")
+        .expect("the stream has not ended");
+    assert_eq!(
+        (event.data.as_str(), event.id.as_str()),
+        ("still here", id.as_str())
+    );
+    connections_come_to(&mut admin, before + 10).await;
+
+    drop((plain_clones, keyed_clones));
+    connections_come_to(&mut admin, before).await;
+    assert_eq!(readers_waiting(&mut admin, |_| true).await, 0);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn the_largest_history_works() {
+    let redis = RedisServer::start().await;
+    let a = chat(redis.client(), usize::MAX).await;
+    readers_ready(&redis, 1).await;
+    let mut ids = Vec::new();
+    for text in ["1", "2", "3"] {
+        ids.push(publish(&a, text).await);
+    }
+    assert_numbered(&ids, 1);
+    let b = chat(redis.client(), usize::MAX).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_c1, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
+    assert_eq!(expect(&mut resumed, &["2", "3"]).await, ids[1..]);
+    let recent = b.recent(usize::MAX).await.unwrap();
+    let recent: Vec<&str> = recent.iter().map(|entry| entry.id()).collect();
+    assert_eq!(recent, ids);
+
+    let keyed = rooms(redis.client(), usize::MAX).await;
+    let other = rooms(redis.client(), usize::MAX).await;
+    let addr = serve(Hub::Keyed(other.clone())).await;
+    let mut ids = Vec::new();
+    for text in ["k1", "k2", "k3"] {
+        ids.push(publish_to(&keyed, "alice", text).await);
+    }
+    assert_numbered(&ids, 1);
+    let (_c2, mut resumed) = open(addr, "/events/alice", Some(&ids[0])).await;
+    assert_eq!(expect(&mut resumed, &["k2", "k3"]).await, ids[1..]);
+    let recent = other.recent("alice", usize::MAX).await.unwrap();
+    assert_eq!(recent.len(), 3);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn keys_without_history_go_with_their_subscribers_while_redis_is_down() {
+    const KEYS: usize = 20;
+    let mut redis = RedisServer::start().await;
+    let hub: KeyedBroadcast<String> = KeyedBroadcast::builder(Broadcast::builder())
+        .redis(redis.client(), "rooms")
+        .build();
+    hub.ready().await.expect("Redis accepts the hub");
+    let addr = serve(Hub::Keyed(hub.clone())).await;
+    let mut clients = Vec::new();
+    for key in 0..KEYS {
+        let path = format!("/events/k{key}");
+        clients.push(open_subscribed(addr, &path, None, || hub.stats().totals.subscribers).await);
+    }
+    assert_eq!(hub.stats().keys, KEYS);
+
+    redis.kill();
+    for (client, _) in clients {
+        client.disconnect().await;
+    }
+    wait_for(|| hub.stats().keys == 0).await;
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.keys_created, stats.keys_dropped),
+        (KEYS as u64, KEYS as u64)
+    );
+    // Without Redis a new key still comes, and goes with its subscriber.
+    let (client, _events) = open_subscribed(addr, "/events/late", None, || {
+        hub.stats().totals.subscribers
+    })
+    .await;
+    assert_eq!(hub.stats().keys, 1);
+    client.disconnect().await;
+    wait_for(|| hub.stats().keys == 0).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn a_hub_and_a_keyed_hub_cannot_share_a_name() {
+    let redis = RedisServer::start().await;
+    let plain = chat(redis.client(), 10).await;
+    let keyed: KeyedBroadcast<String> = KeyedBroadcast::builder(Broadcast::builder().history(10))
+        .redis(redis.client(), "chat")
+        .build();
+    let refused = keyed.ready().await.expect_err("the name is a plain hub's");
+    assert!(refused.to_string().contains("plain"), "{refused}");
+    match keyed.send("alice", "x").await {
+        Err(error @ SendError::NotStored(_)) => assert!(!error.may_have_been_stored()),
+        other => panic!("expected NotStored, got {other:?}"),
+    }
+    plain.send("still mine").await.expect("sent");
+    assert_eq!(stream_len(&redis, "{chat}").await, 1);
+
+    let first = rooms(redis.client(), 10).await;
+    let second = Broadcast::builder()
+        .history(10)
+        .redis(redis.client(), "rooms")
+        .build();
+    assert!(second.ready().await.is_err());
+    assert!(second.send("x").await.is_err());
+    first.send("alice", "still mine").await.expect("sent");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run with --include-ignored"]
+async fn the_send_after_its_connection_was_killed_succeeds() {
+    const KILLS: usize = 20;
+    let redis = RedisServer::start().await;
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let (_client, mut events) =
+        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(&redis, 2).await;
+    let mut admin = redis.conn().await;
+    let mut ids = Vec::new();
+    let texts: Vec<String> = (0..KILLS).map(|at| format!("after kill {at}")).collect();
+    for text in &texts {
+        let killed: usize = query(
+            &mut admin,
+            &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+        )
+        .await;
+        assert!(
+            killed >= 1,
+            "at least the publisher's connection was killed"
+        );
+        let sent = a.send(text.as_str()).await;
+        let sent = sent.unwrap_or_else(|error| panic!("{text}: {error}"));
+        ids.push(sent.id().expect("an id").to_owned());
+    }
+    assert_numbered(&ids, 1);
+    assert_eq!(stream_len(&redis, "{chat}").await, KILLS);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    assert_eq!(expect(&mut events, &texts).await, ids);
+    assert_eq!(a.stats().send_errors, 0);
 }

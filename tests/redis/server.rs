@@ -123,7 +123,6 @@ impl Drop for RedisServer {
     }
 }
 
-
 /// A relay on a free loopback port in front of a [`RedisServer`]: clients made with
 /// [`Proxy::client`] reach Redis through it, and [`Proxy::hold`] holds back what goes through
 /// it, both ways, until [`Proxy::release`], as if their connections had stalled.
@@ -160,9 +159,7 @@ async fn relay(
 
 impl Proxy {
     pub(crate) async fn start(redis: &RedisServer) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let port = listener.local_addr().expect("a local address").port();
         let target = redis.port;
         let (held, is_held) = watch::channel(false);

@@ -158,6 +158,8 @@ impl Connector for RedisConnector {
 /// What the reader has fed the topics up to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Progress {
+    /// Whether the reader has looked at the stream: it feeds everything stored since.
+    looked: bool,
     epoch: Option<Arc<str>>,
     number: u64,
 }
@@ -560,6 +562,16 @@ impl Backend for RedisBackend {
     fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.start_reader();
         Box::pin(self.core.ready())
+    }
+
+    fn feeding(&self) -> BoxFuture<'_, bool> {
+        self.start_reader();
+        Box::pin(async {
+            let mut progress = self.core.progress.subscribe();
+            let looked = async { progress.wait_for(|at| at.looked).await.is_ok() };
+            let timeout = self.core.settings.response_timeout;
+            tokio::time::timeout(timeout, looked).await.unwrap_or(false)
+        })
     }
 
     fn attach(&self, key: Option<&str>, topic: &Arc<Topic>) {

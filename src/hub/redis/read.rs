@@ -80,6 +80,7 @@ pub(super) async fn read(core: Arc<Core>) {
         let Some(position) = &mut at else {
             // The first look: live from here.
             at = Some(Progress {
+                looked: true,
                 epoch,
                 number: newest,
             });
@@ -102,6 +103,7 @@ pub(super) async fn read(core: Arc<Core>) {
                 core.count(&core.counters.stream_resets);
                 restart_all(&core.topics());
                 *position = Progress {
+                    looked: true,
                     epoch: None,
                     number: 0,
                 };
