@@ -1,87 +1,107 @@
-//! A live chat in the browser: a [`Broadcast`] hub with history feeds every open page. A page
+//! A live chat in the browser: one [`Broadcast`] hub with history feeds every open page. A page
 //! loads the recent messages and streams from the newest of them, and a page that loses its
 //! stream resumes where it left off, with no message missing or repeated.
 //!
 //! Run it with `cargo run --example chat` and open <http://127.0.0.1:3000> in two windows.
 //! With `--features redis -- --redis redis://127.0.0.1:6379/`, several chat servers (on other
-//! `--port`s) share one hub through Redis: a message posted on any appears on all, and
-//! `POST /messages` answers `503` while Redis is unreachable.
+//! `--port`s) share the hub through Redis: a message posted on any appears on all, with the
+//! same id, and a browser resumes on any of them. Only the line that builds the hub differs;
+//! the rest of the code is the same for both. The server refuses to start when Redis cannot be
+//! reached.
 //! The port can be chosen with `--port N` or the `PORT` environment variable (`0` picks a free
 //! one); the first line printed is `listening on http://127.0.0.1:PORT`.
+//!
+//! The endpoints:
+//!
+//! - `GET /messages`: the recent messages, oldest first, read from the hub's history (on
+//!   Redis, the same on every server): `[{"id": "...", "text": "hi"}, ...]`.
+//! - `POST /messages`: the body is the message text; the answer is `{"id": "..."}`. With an
+//!   `Idempotency-Key` header, a repeat of the same key within an hour stores nothing and
+//!   answers the first post's id, so a client can safely retry a post whose answer it never
+//!   got. The page sends a new random key with each message, and the same one when it retries.
+//!   While the hub's backend is unreachable the answer is `503`, saying whether the message
+//!   may have been stored all the same.
 //!
 //! Things to try while the page is open:
 //!
 //! - `curl -X POST localhost:3000/admin/drop` ends every stream. Browsers reconnect after
 //!   half a second and send the id of the last event they saw in `Last-Event-ID`; the hub
 //!   replays exactly what they missed.
-//! - Stop the server and start it again. Browsers reconnect with an id the new hub has never
-//!   seen, so the hub sends the `reset` event, and the page reloads the messages.
+//! - Stop the server and start it again. In-process, browsers reconnect with an id the new hub
+//!   has never seen (each hub numbers its events under its own random epoch), so the hub sends
+//!   the `reset` event, and the page reloads the messages. On Redis the history outlives the
+//!   server, and browsers resume.
 //! - `curl -X POST localhost:3000/admin/stop` ends every stream and answers later attempts
 //!   with `204 No Content`, which tells browsers to stop reconnecting for good.
-//! - `curl localhost:3000/admin/stats` shows the hub's counters and how many requests reached
-//!   `/events`.
+//! - `curl localhost:3000/admin/stats` shows the hub's counters on this server and how many
+//!   requests reached `/events`.
 
 use axum::{
     body::Body,
     extract::State,
-    http::{Request, StatusCode},
-    response::Html,
+    http::{HeaderMap, Request, StatusCode},
+    response::{Html, IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
 use serde::Serialize;
 use std::{
-    collections::VecDeque,
     io::Write,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
-#[cfg(feature = "redis")]
-use tower_eventsource::RedisBroadcast;
-use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
+use tower_eventsource::{Broadcast, Connection, Event, EventSourceService, SendError};
 
+/// How many events the hub keeps for browsers that reconnect.
+const HISTORY: usize = 1000;
 /// How many messages `GET /messages` returns.
 const RECENT: usize = 100;
 /// The longest message accepted, in characters.
 const MAX_MESSAGE: usize = 1000;
+/// The longest `Idempotency-Key` accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 100;
 
 struct App {
+    /// In this process, or shared with every chat server on the same Redis.
     hub: Broadcast,
-    /// With `--redis URL`: the hub shared with every chat server on that Redis, used instead
-    /// of `hub`.
-    #[cfg(feature = "redis")]
-    redis: Option<RedisBroadcast>,
-    chat: Mutex<Chat>,
     /// Set by `POST /admin/stop`: `/events` answers 204 from then on.
     stopped: AtomicBool,
     /// Requests that reached `/events`, refused ones included.
     stream_requests: AtomicU64,
 }
 
-/// The recent messages, for pages that have to reload.
-struct Chat {
-    recent: VecDeque<Message>,
-}
-
-#[derive(Clone, Serialize)]
+#[derive(Serialize)]
 struct Message {
-    /// The id the hub gave the message's event. The hub's ids start at the clock, so a
-    /// restarted server never reuses an id that a browser saw before the restart: the hub
-    /// does not know that id and sends the `reset` event.
+    /// The id the hub gave the message's event, `<epoch>-<number>`: the same on every server,
+    /// and the one a browser sends back in `Last-Event-ID`.
     id: String,
     text: String,
 }
 
+/// The answer to `POST /messages`.
+#[derive(Serialize)]
+struct Posted {
+    id: String,
+}
+
+/// The hub's counters on this server, and this example's own.
 #[derive(Serialize)]
 struct Stats {
     subscribers: usize,
     events_sent: u64,
     deliveries: u64,
     slow_disconnects: u64,
+    events_skipped: u64,
     resets: u64,
+    replays: u64,
+    replays_from_backend: u64,
+    resumes_unavailable: u64,
+    send_errors: u64,
+    reader_reconnects: u64,
+    stream_resets: u64,
     stream_requests: u64,
     stopped: bool,
 }
@@ -97,36 +117,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    #[cfg(feature = "redis")]
-    let redis = match redis_url {
-        None => None,
-        Some(url) => {
-            let built = match redis::Client::open(url.as_str()) {
-                Ok(client) => RedisBroadcast::builder(client, "chat").build().await,
-                Err(error) => Err(error),
-            };
-            match built {
-                Ok(hub) => Some(hub),
-                Err(error) => {
-                    eprintln!("cannot use Redis at {url}: {error}");
-                    std::process::exit(1);
-                }
-            }
-        }
-    };
-    #[cfg(not(feature = "redis"))]
-    if redis_url.is_some() {
-        eprintln!("--redis needs the example built with --features redis");
-        std::process::exit(2);
+    let hub = hub(redis_url.as_deref());
+    // Always fine in-process; on Redis, whether it can be reached and accepts the hub. The
+    // error names the server's address, never the URL's password.
+    if let Err(error) = hub.ready().await {
+        eprintln!("cannot start the chat: {error}");
+        std::process::exit(1);
     }
 
     let app = Arc::new(App {
-        hub: Broadcast::builder().history(1000).build(),
-        #[cfg(feature = "redis")]
-        redis,
-        chat: Mutex::new(Chat {
-            recent: VecDeque::new(),
-        }),
+        hub,
         stopped: AtomicBool::new(false),
         stream_requests: AtomicU64::new(0),
     });
@@ -137,7 +137,8 @@ async fn main() {
             // Replays what the browser missed since its `Last-Event-ID` (or, on the page's
             // first request, since the newest message it loaded: `?after=ID`), or sends
             // `reset`; the hub keeps a clone of the connection and pushes every later message
-            // to it.
+            // to it. When resuming needs a backend that cannot be reached, the hub closes the
+            // stream and the browser tries again with the same id.
             let after = req
                 .uri()
                 .query()
@@ -146,14 +147,7 @@ async fn main() {
             let app = Arc::clone(&app);
             async move {
                 let cursor = conn.last_event_id().or(after.as_deref());
-                #[cfg(feature = "redis")]
-                if let Some(redis) = &app.redis {
-                    redis.subscribe_from(&conn, cursor).await;
-                } else {
-                    app.hub.subscribe_from(&conn, cursor);
-                }
-                #[cfg(not(feature = "redis"))]
-                app.hub.subscribe_from(&conn, cursor);
+                app.hub.subscribe_from(&conn, cursor).await;
                 // A stream that subscribed just after `POST /admin/stop` closed the others.
                 if app.stopped.load(Ordering::SeqCst) {
                     conn.close();
@@ -209,6 +203,27 @@ async fn main() {
     axum::serve(listener, router).await.expect("server");
 }
 
+/// The chat's hub: in this process, or, with `--redis URL`, shared through Redis by every chat
+/// server that uses the same Redis. The only place where the two differ.
+fn hub(redis_url: Option<&str>) -> Broadcast {
+    let builder = Broadcast::builder().history(HISTORY);
+    let Some(url) = redis_url else {
+        return builder.build();
+    };
+    // The URL may hold a password: it is never printed.
+    #[cfg(feature = "redis")]
+    match tower_eventsource::redis::Client::open(url) {
+        Ok(client) => return builder.redis(client, "chat").build(),
+        Err(error) => eprintln!("the --redis URL is not valid: {error}"),
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (builder, url);
+        eprintln!("--redis needs the example built with --features redis");
+    }
+    std::process::exit(2);
+}
+
 /// The port from `--port N`, else from `PORT`, else 3000; and the URL of `--redis URL`.
 fn options() -> Result<(u16, Option<String>), String> {
     let parse = |value: &str| {
@@ -233,102 +248,106 @@ fn options() -> Result<(u16, Option<String>), String> {
     Ok((port, redis))
 }
 
-/// `POST /messages`: the body is the message text.
-async fn post_message(State(app): State<Arc<App>>, text: String) -> StatusCode {
+/// `POST /messages`: the body is the message text, stored once per `Idempotency-Key`. Every
+/// subscriber gets it from the hub, on Redis through every server (this one too).
+async fn post_message(State(app): State<Arc<App>>, headers: HeaderMap, text: String) -> Response {
     if text.trim().is_empty() || text.chars().count() > MAX_MESSAGE {
-        return StatusCode::BAD_REQUEST;
+        let reason = format!("a message has 1 to {MAX_MESSAGE} characters, not all blank\n");
+        return (StatusCode::BAD_REQUEST, reason).into_response();
     }
-    // On Redis, every server (this one too) delivers the message from the stream.
-    #[cfg(feature = "redis")]
-    if let Some(redis) = &app.redis {
-        return match redis.publish(Event::new().data(&text)).await {
-            Ok(_) => StatusCode::NO_CONTENT,
-            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-    }
-    // The lock keeps the recent list in the same order as the stream.
-    let mut chat = app.chat.lock().unwrap();
-    let Ok(sent) = app.hub.send(Event::new().data(&text)) else {
-        // Unreachable for text data, which always encodes.
-        return StatusCode::INTERNAL_SERVER_ERROR;
+    let idempotency_key = match headers.get("idempotency-key").map(|key| key.to_str()) {
+        None => None,
+        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key),
+        Some(_) => {
+            let reason = format!(
+                "an Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters\n"
+            );
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
     };
-    let id = sent.id().unwrap_or_default().to_owned();
-    chat.recent.push_back(Message { id, text });
-    if chat.recent.len() > RECENT {
-        chat.recent.pop_front();
+    let event = Event::new().data(&text);
+    let sent = match idempotency_key {
+        Some(key) => app.hub.send_idempotent(key, event).await,
+        None => app.hub.send(event).await,
+    };
+    match sent {
+        Ok(sent) => Json(Posted {
+            id: sent.id().unwrap_or_default().to_owned(),
+        })
+        .into_response(),
+        Err(SendError::Invalid(error)) => {
+            let reason = format!("the message cannot be sent as an event: {error}\n");
+            (StatusCode::BAD_REQUEST, reason).into_response()
+        }
+        Err(error) => {
+            eprintln!("POST /messages: {error}");
+            let reason = if error.may_have_been_stored() {
+                "the chat's backend did not confirm the message: it may have been stored; \
+                 post it again with the same Idempotency-Key to store it once\n"
+            } else {
+                "the chat's backend cannot be reached: the message was not stored; try again\n"
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+        }
     }
-    StatusCode::NO_CONTENT
 }
 
-/// `GET /messages`: the recent messages, oldest first, as `[{"id": "1", "text": "hi"}, ...]`.
-async fn recent_messages(State(app): State<Arc<App>>) -> Result<Json<Vec<Message>>, StatusCode> {
-    // On Redis, read from the stream, so that every server lists the same messages.
-    #[cfg(feature = "redis")]
-    if let Some(redis) = &app.redis {
-        let recent = redis
-            .recent(RECENT)
-            .await
-            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-        return Ok(Json(
-            recent
-                .into_iter()
-                .map(|(id, frame)| Message {
-                    id,
-                    text: String::from_utf8_lossy(&frame)
-                        .lines()
-                        .filter_map(|line| line.strip_prefix("data: "))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
+/// `GET /messages`: the recent messages, oldest first, as `[{"id": "...", "text": "hi"}, ...]`,
+/// from the hub's history: on Redis, the same on every server.
+async fn recent_messages(State(app): State<Arc<App>>) -> Response {
+    match app.hub.recent(RECENT).await {
+        Ok(entries) => Json(
+            entries
+                .iter()
+                .map(|entry| Message {
+                    id: entry.id().to_owned(),
+                    text: entry.data().to_owned(),
                 })
-                .collect(),
-        ));
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(error) => {
+            eprintln!("GET /messages: {error}");
+            let reason = "the chat's backend cannot be reached: the messages cannot be read now\n";
+            (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+        }
     }
-    Ok(Json(
-        app.chat.lock().unwrap().recent.iter().cloned().collect(),
-    ))
 }
 
-/// `POST /admin/drop`: ends every stream; browsers reconnect and resume.
+/// `POST /admin/drop`: ends every stream on this server; browsers reconnect and resume.
 async fn drop_streams(State(app): State<Arc<App>>) -> StatusCode {
     app.hub.close_all();
-    #[cfg(feature = "redis")]
-    if let Some(redis) = &app.redis {
-        redis.close_all();
-    }
     StatusCode::NO_CONTENT
 }
 
-/// `POST /admin/stop`: ends every stream and refuses new ones with 204.
+/// `POST /admin/stop`: ends every stream on this server and refuses new ones with 204.
 async fn stop(State(app): State<Arc<App>>) -> StatusCode {
     app.stopped.store(true, Ordering::SeqCst);
     app.hub.close_all();
-    #[cfg(feature = "redis")]
-    if let Some(redis) = &app.redis {
-        redis.close_all();
-    }
     StatusCode::NO_CONTENT
 }
 
-/// `GET /admin/stats`: the hub's counters and the number of requests to `/events`.
+/// `GET /admin/stats`: the hub's counters on this server and the number of requests to
+/// `/events`.
 async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
-    #[cfg(feature = "redis")]
-    let hub = app
-        .redis
-        .as_ref()
-        .map_or_else(|| app.hub.stats(), |redis| redis.stats().local);
-    #[cfg(not(feature = "redis"))]
     let hub = app.hub.stats();
     Json(Stats {
         subscribers: hub.subscribers,
         events_sent: hub.events_sent,
         deliveries: hub.deliveries,
         slow_disconnects: hub.slow_disconnects,
+        events_skipped: hub.events_skipped,
         resets: hub.resets,
+        replays: hub.replays,
+        replays_from_backend: hub.replays_from_backend,
+        resumes_unavailable: hub.resumes_unavailable,
+        send_errors: hub.send_errors,
+        reader_reconnects: hub.reader_reconnects,
+        stream_resets: hub.stream_resets,
         stream_requests: app.stream_requests.load(Ordering::SeqCst),
         stopped: app.stopped.load(Ordering::SeqCst),
     })
 }
-
 /// The page: plain HTML and JavaScript, nothing loaded from elsewhere.
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">
@@ -338,7 +357,7 @@ const PAGE: &str = r#"<!doctype html>
 <style>
   body { font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
   #status { color: #555; }
-  #notice { background: #fff3c4; padding: .5rem; }
+  #notice, #sending { background: #fff3c4; padding: .5rem; }
   #messages { border: 1px solid #ccc; min-height: 10rem; padding: .5rem 2rem; white-space: pre-wrap; }
   form { display: flex; gap: .5rem; }
   #text { flex: 1; }
@@ -346,6 +365,7 @@ const PAGE: &str = r#"<!doctype html>
 <h1>Chat</h1>
 <p id="status">Connection: <b id="state">connecting</b> &middot; last event id: <code id="last-id">none</code></p>
 <p id="notice" hidden></p>
+<p id="sending" hidden></p>
 <ol id="messages"></ol>
 <form id="send">
   <input id="text" autocomplete="off" placeholder="Say something" required maxlength="1000">
@@ -356,6 +376,7 @@ const list = document.getElementById('messages');
 const stateView = document.getElementById('state');
 const lastIdView = document.getElementById('last-id');
 const notice = document.getElementById('notice');
+const sending = document.getElementById('sending');
 
 function show(id, text) {
   const item = document.createElement('li');
@@ -439,15 +460,60 @@ async function reload() {
   arrivedDuringReload = null;
 }
 
-document.getElementById('send').onsubmit = async (event) => {
+document.getElementById('send').onsubmit = (event) => {
   event.preventDefault();
   const input = document.getElementById('text');
   const text = input.value;
   input.value = '';
-  // The message shows up when the server broadcasts it, like everyone else's.
-  const response = await fetch('/messages', { method: 'POST', body: text });
-  if (!response.ok) tell('Could not send: HTTP ' + response.status);
+  post(text);
 };
+
+// How long to wait before each new attempt at a post that failed.
+const RETRY_AFTER = [500, 1000, 2000, 4000];
+
+// Posts a message. The message shows up when the server broadcasts it, like everyone else's.
+// A post whose answer is lost, or that the server could not store, is sent again with the
+// same Idempotency-Key, so the server stores it once however many attempts got through.
+async function post(text) {
+  const key = idempotencyKey();
+  for (let attempt = 0; ; attempt++) {
+    let problem;
+    try {
+      const response = await fetch('/messages', {
+        method: 'POST',
+        headers: { 'Idempotency-Key': key },
+        body: text,
+      });
+      if (response.ok) {
+        sending.hidden = true;
+        return;
+      }
+      problem = 'HTTP ' + response.status + ': ' + (await response.text());
+      // Only a server that could not store the message now is worth asking again.
+      if (response.status !== 503) {
+        sending.hidden = true;
+        tell('Could not send: ' + problem);
+        return;
+      }
+    } catch (error) {
+      problem = error.message;
+    }
+    if (attempt >= RETRY_AFTER.length) {
+      sending.hidden = true;
+      tell('Could not send: ' + problem);
+      return;
+    }
+    sending.textContent = 'Sending again (' + problem + ')';
+    sending.hidden = false;
+    await new Promise((resolve) => setTimeout(resolve, RETRY_AFTER[attempt]));
+  }
+}
+
+// A random id for one message; crypto.randomUUID would need a secure context.
+function idempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+}
 </script>
 </html>
 "#;

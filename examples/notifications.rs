@@ -73,7 +73,7 @@ async fn events(State(app): State<Arc<App>>, User(user): User, headers: HeaderMa
     let (conn, response) = app.events.connect(&headers);
     // The hub keeps the connection and pushes every later notification to it; the
     // subscription has happened by the time the response goes out.
-    app.hub.subscribe(&user, &conn);
+    app.hub.subscribe(&user, &conn).await;
     response.into_response()
 }
 
@@ -91,9 +91,11 @@ async fn notify(
     let event = Event::new()
         .event("notification")
         .data(format!("{from}: {text}"));
+    // In-process a send fails only for an event that cannot be encoded, never for this one.
     let sent = app
         .hub
         .send(&to, event)
+        .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(Json(json!({ "id": sent.id(), "reached": sent.reached() })))
 }

@@ -1,8 +1,8 @@
 //! A real browser against the chat example: headless Chromium, driven through chromedriver,
-//! shows every broadcast message in order across a dropped stream (replay from
-//! `Last-Event-ID`), a newly opened page (recent messages, then the stream from the newest of
-//! them), a server restart (the `reset` event) and a stop (`204`, no more
-//! reconnects).
+//! shows every broadcast message in order across a lost answer to a post (sent again with the
+//! same `Idempotency-Key`, stored once), a dropped stream (replay from `Last-Event-ID`), a
+//! newly opened page (recent messages, then the stream from the newest of them), a server
+//! restart (the `reset` event) and a stop (`204`, no more reconnects).
 //!
 //! It needs the Debian packages `chromium` and `chromium-driver` (`/usr/bin/chromium`,
 //! `/usr/bin/chromedriver`), so plain `cargo test` lists it as ignored; run it with
@@ -29,7 +29,10 @@ use tokio::time::{sleep, timeout};
 
 mod common;
 
-use common::example::{build, Result, Running as Server, BUILD};
+use common::{
+    example::{build, Result, Running as Server, BUILD},
+    split_id,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -86,18 +89,29 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
         p.messages == ["one", "two", "three"]
     })
     .await?;
-    page.find(Locator::Css("#text"))
-        .await?
-        .send_keys("four, from the form")
-        .await?;
-    page.find(Locator::Css("#send button"))
-        .await?
-        .click()
-        .await?;
+    // The form's post reaches the server, but its answer is lost: the page sends it again with
+    // the same Idempotency-Key, and the server stores it once.
+    page.execute(RECORD_POSTS, vec![json!(1)]).await?;
+    send_with_form(page, "four, from the form").await?;
     wait_page(page, "the message sent with the form", |p| {
         p.messages == ["one", "two", "three", "four, from the form"]
     })
     .await?;
+    let keys = wait_posts(page, 2).await?;
+    ensure(
+        keys[0] == keys[1] && keys[0].len() >= 16,
+        format!("the retry should reuse the post's Idempotency-Key: {keys:?}"),
+    )?;
+    let texts: Vec<Value> = http
+        .messages()
+        .await?
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    ensure(
+        texts == ["one", "two", "three", "four, from the form"],
+        format!("the retried message should be stored once: {texts:?}"),
+    )?;
 
     // (2) The server ends the stream and three messages go out while the browser is away; it
     // reconnects with Last-Event-ID and gets exactly those three.
@@ -133,6 +147,10 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
         newest["id"].as_str() == Some(shown.last_id.as_str()),
         format!("the last event id should be the newest message's, {newest}: {shown:?}"),
     )?;
+    ensure(
+        split_id(&shown.last_id).1 == all.len() as u64,
+        format!("the hub numbers its events from 1, so the seventh is <epoch>-7: {shown:?}"),
+    )?;
     let after = http.stats().await?;
     ensure(
         after["stream_requests"] == count(&before["stream_requests"])? + 1
@@ -150,12 +168,27 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
         format!("a newly opened page should show every message once: {loaded:?}"),
     )?;
     http.post_message("eight").await?;
-    let mut with_eight = all.to_vec();
-    with_eight.push("eight");
+    let mut expected = all.to_vec();
+    expected.push("eight");
     wait_page(page, "a live message on the newly opened page", |p| {
-        p.messages == with_eight
+        p.messages == expected
     })
     .await?;
+    // Each message gets a new key.
+    page.execute(RECORD_POSTS, vec![json!(0)]).await?;
+    for text in ["nine", "ten"] {
+        send_with_form(page, text).await?;
+        expected.push(text);
+        wait_page(page, "a message sent with the form", |p| {
+            p.messages == expected
+        })
+        .await?;
+    }
+    let keys = wait_posts(page, 2).await?;
+    ensure(
+        keys[0] != keys[1],
+        format!("each message should have its own Idempotency-Key: {keys:?}"),
+    )?;
 
     // (3) A restarted server does not know the browser's Last-Event-ID: it sends `reset`, and
     // the page replaces its list with the new server's messages.
@@ -203,6 +236,59 @@ async fn checks(page: &Client, server: Server, chat: &Path) -> Result<()> {
     )?;
     server.kill().await;
     Ok(())
+}
+
+/// Types `text` into the page's form and sends it.
+async fn send_with_form(page: &Client, text: &str) -> Result<()> {
+    page.find(Locator::Css("#text"))
+        .await?
+        .send_keys(text)
+        .await?;
+    page.find(Locator::Css("#send button"))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
+/// Wraps the page's `fetch`: it records the `Idempotency-Key` of every post in
+/// `postedKeys`, and loses the answers to the first `arguments[0]` posts after the server got
+/// them, as a dropped connection would.
+const RECORD_POSTS: &str = "
+    window.postedKeys = [];
+    let lose = arguments[0];
+    const realFetch = window.fetch;
+    window.fetch = async (url, options) => {
+        if (!options || options.method !== 'POST') return realFetch(url, options);
+        window.postedKeys.push(new Headers(options.headers).get('Idempotency-Key'));
+        const response = await realFetch(url, options);
+        if (lose > 0) {
+            lose -= 1;
+            throw new TypeError('the answer was lost');
+        }
+        return response;
+    };
+";
+
+/// Waits (for at most [`WAIT`]) until the page has made `count` posts since [`RECORD_POSTS`],
+/// and returns their `Idempotency-Key`s; fails if it makes more.
+async fn wait_posts(page: &Client, count: usize) -> Result<Vec<String>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys: Vec<String> =
+            serde_json::from_value(page.execute("return window.postedKeys;", vec![]).await?)?;
+        ensure(
+            keys.len() <= count,
+            format!("expected {count} posts: {keys:?}"),
+        )?;
+        if keys.len() == count {
+            return Ok(keys);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {count} posts: {keys:?}").into());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn ensure(condition: bool, message: String) -> Result<()> {

@@ -1,15 +1,16 @@
 //! The notifications example, run as a process as a user would: `401` with `WWW-Authenticate`
 //! without credentials; per-user streams authenticated by bearer token, cookie or query token;
-//! a notification reaching only its user, with the id `POST /notify` answered; an exact resume
-//! from `Last-Event-ID`; CORS with credentials for the named origin only; and Ctrl-C ending
-//! every stream with the farewell before the process exits.
+//! a notification reaching only its user, with the id `POST /notify` answered (each user's
+//! numbered on their own, `<epoch>-<number>`); an exact resume from `Last-Event-ID`; CORS with
+//! credentials for the named origin only; and Ctrl-C ending every stream with the farewell
+//! before the process exits.
 //! Run with `cargo test --test notifications` (it builds the example first).
 
 mod common;
 
 use common::{
     example::{build, Running, BUILD},
-    next_event, read_events, Client, Events, Proto, BOUND,
+    next_event, read_events, split_id, Client, Events, Proto, BOUND,
 };
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -105,6 +106,12 @@ async fn the_notifications_example_streams_per_user_with_auth_resume_cors_and_sh
         (status, sent["reached"].as_u64()),
         (StatusCode::OK, Some(1))
     );
+    // Each user's notifications are numbered on their own, from 1, under their own epoch.
+    let (alice_epoch, number) = split_id(&first_id);
+    assert_eq!(number, 1, "{first_id}");
+    let (bob_epoch, number) = split_id(sent["id"].as_str().unwrap());
+    assert_eq!(number, 1, "{sent}");
+    assert_ne!(alice_epoch, bob_epoch);
     assert_eq!(next_event(&mut bob).await.data, "alice: yes");
     assert_eq!(
         notify(addr, "alice-token", "carol", "?").await.0,
@@ -121,6 +128,12 @@ async fn the_notifications_example_streams_per_user_with_auth_resume_cors_and_sh
             sent["id"].as_str().unwrap().to_owned(),
         ));
     }
+    let numbers: Vec<_> = missed.iter().map(|(_, id)| split_id(id)).collect();
+    assert_eq!(
+        numbers,
+        [(alice_epoch.clone(), 2), (alice_epoch, 3)],
+        "{missed:?}"
+    );
     assert_eq!(next_event(&mut alice).await.data, "bob: one");
     assert_eq!(next_event(&mut alice).await.data, "bob: two");
     let (_, _, mut resumed) = open(

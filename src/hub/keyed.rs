@@ -198,6 +198,7 @@ where
         self
     }
 
+    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
     pub(crate) fn with_backend(
         mut self,
         backend: Arc<dyn Connector>,

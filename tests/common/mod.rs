@@ -172,6 +172,22 @@ pub(crate) fn message(data: &str, id: &str) -> eventsource_stream::Event {
     }
 }
 
+/// Splits an id a hub with a history gave, `<epoch>-<number>`, into its epoch and number,
+/// checking its form: the epoch is 16 hex digits.
+pub(crate) fn split_id(id: &str) -> (String, u64) {
+    let (epoch, number) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{id:?} is not <epoch>-<number>"));
+    assert!(
+        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the epoch of {id:?} is 16 hex digits"
+    );
+    let number = number
+        .parse()
+        .unwrap_or_else(|_| panic!("the number of {id:?} is a number"));
+    (epoch.to_owned(), number)
+}
+
 /// A service whose handler hands each connection to `tx` (so to the test) and returns.
 pub(crate) fn handover<B: Send + 'static>(
     tx: tokio::sync::mpsc::UnboundedSender<tower_eventsource::Connection>,
