@@ -388,8 +388,10 @@ fn serve_stream(variant: Variant, feed: Feed, listener: TcpListener) -> Result<H
             let service = EventSourceService::new({
                 let hub = hub.clone();
                 move |conn: Connection, _: Request<Incoming>| {
-                    hub.subscribe(&conn);
-                    async {}
+                    let hub = hub.clone();
+                    async move {
+                        hub.subscribe(&conn).await;
+                    }
                 }
             })
             .buffer(HUB_BUFFER);
@@ -471,8 +473,10 @@ impl Hub {
             Hub::Ours(hub) => {
                 let service =
                     EventSourceService::new(move |conn: Connection, _: Request<Incoming>| {
-                        hub.subscribe(&conn);
-                        async {}
+                        let hub = hub.clone();
+                        async move {
+                            hub.subscribe(&conn).await;
+                        }
                     })
                     .buffer(HUB_BUFFER);
                 tokio::spawn(accept(addr, listener, TowerToHyperService::new(service)));
@@ -518,10 +522,10 @@ impl Hub {
         }
     }
 
-    fn send(&self, data: &str) {
+    async fn send(&self, data: &str) {
         match self {
             Hub::Ours(hub) => {
-                let _ = hub.send(data);
+                let _ = hub.send(data).await;
             }
             Hub::Axum(tx) => {
                 let _ = tx.send(Arc::from(data));
@@ -649,7 +653,7 @@ async fn broadcast_events(hub: &Hub, events: usize, period: Duration) -> u64 {
         }
         data.clear();
         let _ = write!(data, "{:020} {seq:011}", now_ns());
-        hub.send(&data);
+        hub.send(&data).await;
     }
     first
 }

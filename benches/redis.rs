@@ -1,8 +1,19 @@
-//! Scale-out through Redis, next to the in-process hub in the same run: publish-to-delivery
-//! latency from instance A to a client of instance B, events/s delivered to 1,000 subscribers
-//! spread over two instances, and a reconnect storm (1,000 resumes from random recent
-//! cursors). Starts its own `redis-server` (Debian package `redis-server`) on a free loopback
-//! port. Run with `cargo bench --bench redis --features redis`.
+//! Scale-out through Redis, next to the in-process hub in the same run. Both columns run the
+//! same code on a `Broadcast`; only the builder line differs (`.redis(client, name)` or not):
+//!
+//! 1. latency: the time from a send on instance A to its delivery to a client of instance B
+//!    (in-process there is one instance, so A and B are the same hub);
+//! 2. fan-out: events/s delivered to 1,000 subscribers spread over two instances (in-process:
+//!    one), the events sent on A;
+//! 3. reconnect storm: 1,000 resumes on B from random cursors among the last 2,000 events, the
+//!    hub keeping 1,000;
+//! 4. concurrent senders: sends per second on one instance with 1, 16 and 256 tasks sending at
+//!    once (no subscribers: the cost of the send itself); on Redis, concurrent sends share the
+//!    hub's multiplexed connection, which pipelines them.
+//!
+//! Starts its own `redis-server` (Debian package `redis-server`) on a free loopback port. Run
+//! with `cargo bench --bench redis --features redis -- [--quick]`; `--quick` runs smaller
+//! counts. Without `--bench` (which `cargo bench` passes) it only says how to run it.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unreachable_pub)]
@@ -15,14 +26,54 @@ use http::Request;
 use std::{
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
-use tokio::net::TcpListener;
-use tower_eventsource::{Broadcast, Connection, EventSourceService, RedisBroadcast};
+use tokio::{net::TcpListener, time::timeout};
+use tower_eventsource::{redis, Broadcast, Connection, EventSourceService};
 
-const CLIENTS: usize = 1_000;
-const EVENTS: usize = 200;
-const LATENCY_SAMPLES: usize = 1_000;
+/// Events each hub keeps for resumes.
+const HISTORY: usize = 1_000;
+/// Events sent before the reconnect storm: twice the history, so that some cursors are too
+/// old to resume.
+const STORM_EVENTS: usize = 2 * HISTORY;
+/// Concurrent senders in the senders scenario.
+const SENDERS: [usize; 3] = [1, 16, 256];
+/// The data of the events that tell that a client is subscribed; every reader skips them.
+const WARM_UP: &str = "warm-up";
+/// Upper bound of any wait: only reached when something is broken.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The counts of a run.
+struct Plan {
+    clients: usize,
+    events: usize,
+    latency_samples: usize,
+    sends: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                clients: 200,
+                events: 50,
+                latency_samples: 200,
+                sends: 2_048,
+            }
+        } else {
+            Plan {
+                clients: 1_000,
+                events: 200,
+                latency_samples: 1_000,
+                sends: 20_480,
+            }
+        }
+    }
+}
 
 struct RedisServer(Child);
 
@@ -33,37 +84,48 @@ impl Drop for RedisServer {
     }
 }
 
+/// Where the hubs keep their events: the only thing that differs between the two columns.
 #[derive(Clone)]
-enum Hub {
-    Local(Broadcast),
-    Redis(RedisBroadcast),
+enum Backend {
+    InProcess,
+    Redis(redis::Client),
 }
 
-impl Hub {
-    async fn publish(&self, text: &str) {
+impl Backend {
+    fn label(&self) -> &'static str {
         match self {
-            Hub::Local(hub) => {
-                hub.send(text).expect("valid event");
-            }
-            Hub::Redis(hub) => {
-                hub.publish(text).await.expect("published");
-            }
+            Backend::InProcess => "in-process",
+            Backend::Redis(_) => "Redis",
         }
+    }
+
+    /// The instances of the hub `name` that `servers` servers would build: as many on Redis,
+    /// one in-process (every server is this process).
+    async fn instances(&self, name: &str, servers: usize) -> Vec<Broadcast> {
+        let servers = match self {
+            Backend::InProcess => 1,
+            Backend::Redis(_) => servers,
+        };
+        let mut hubs = Vec::with_capacity(servers);
+        for _ in 0..servers {
+            let builder = Broadcast::builder().history(HISTORY);
+            let hub = match self {
+                Backend::InProcess => builder.build(),
+                Backend::Redis(client) => builder.redis(client.clone(), name).build(),
+            };
+            hub.ready().await.expect("the hub's backend can be reached");
+            hubs.push(hub);
+        }
+        hubs
     }
 }
 
-async fn serve(hub: Hub) -> SocketAddr {
+/// Serves `/events` on 127.0.0.1: each stream subscribes to `hub`.
+async fn serve(hub: Broadcast) -> SocketAddr {
     let events = EventSourceService::new(move |conn: Connection, _req: Request<Body>| {
         let hub = hub.clone();
         async move {
-            match &hub {
-                Hub::Local(hub) => {
-                    hub.subscribe(&conn);
-                }
-                Hub::Redis(hub) => {
-                    hub.subscribe(&conn).await;
-                }
-            }
+            hub.subscribe(&conn).await;
         }
     })
     .buffer(4096);
@@ -86,73 +148,217 @@ async fn open(addr: SocketAddr, last_event_id: Option<&str>) -> (Client, Events)
     (client, read_events(response.into_body()))
 }
 
+/// The next event, warm-ups included.
+async fn next_any(events: &mut Events) -> eventsource_stream::Event {
+    timeout(WAIT, events.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+        .expect("parses")
+}
+
+/// The next event that is not a warm-up.
 async fn next(events: &mut Events) -> eventsource_stream::Event {
-    events.next().await.expect("open").expect("parses")
+    loop {
+        let event = next_any(events).await;
+        if event.data != WARM_UP {
+            return event;
+        }
+    }
+}
+
+async fn send(hub: &Broadcast, data: impl Into<String>) -> String {
+    let sent = hub.send(data.into()).await.expect("sent");
+    sent.id().expect("a hub with history gives ids").to_owned()
+}
+
+/// Sends warm-ups on `from` until `ready` reaches `clients`: every client is subscribed, and
+/// every instance it is subscribed on delivers what `from` sends.
+async fn until_live(from: &Broadcast, ready: &AtomicUsize, clients: usize) {
+    let deadline = Instant::now() + WAIT;
+    while ready.load(Ordering::SeqCst) < clients {
+        assert!(Instant::now() < deadline, "the clients are not all live");
+        send(from, WARM_UP).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `events` until a warm-up arrives, then counts it in `ready`.
+async fn wait_live(events: &mut Events, ready: &AtomicUsize) {
+    while next_any(events).await.data != WARM_UP {}
+    ready.fetch_add(1, Ordering::SeqCst);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Publish on `from`, receive on a client of `to`: p50 and p99 of the time between the two.
-async fn latency(from: &Hub, to: SocketAddr) -> (Duration, Duration) {
+/// Send on `from`, receive on a client of `to`: p50 and p99 of the time between the two.
+async fn latency(from: &Broadcast, to: SocketAddr, samples: usize) -> (Duration, Duration) {
     let (_client, mut events) = open(to, None).await;
-    // Subscribed once a first event arrives.
-    from.publish("warm-up").await;
-    next(&mut events).await;
-    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
-    for i in 0..LATENCY_SAMPLES {
+    let ready = Arc::new(AtomicUsize::new(0));
+    let live = tokio::spawn({
+        let ready = Arc::clone(&ready);
+        async move {
+            wait_live(&mut events, &ready).await;
+            events
+        }
+    });
+    until_live(from, &ready, 1).await;
+    let mut events = live.await.unwrap();
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
         let start = Instant::now();
-        from.publish(&i.to_string()).await;
+        send(from, i.to_string()).await;
         let event = next(&mut events).await;
-        samples.push(start.elapsed());
+        times.push(start.elapsed());
         assert_eq!(event.data, i.to_string());
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
-/// `CLIENTS` subscribers over `servers`, `EVENTS` events published on `from`: deliveries/s
+/// `clients` subscribers spread over `servers`, `events` events sent on `from`: deliveries/s
 /// until every client has every event.
-async fn throughput(from: &Hub, servers: &[SocketAddr]) -> f64 {
-    let mut clients = Vec::new();
-    for i in 0..CLIENTS {
-        clients.push(open(servers[i % servers.len()], None).await);
-    }
-    from.publish("warm-up").await;
-    let mut readers = Vec::new();
-    for (client, mut events) in clients {
+async fn fan_out(from: &Broadcast, servers: &[SocketAddr], clients: usize, events: usize) -> f64 {
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let (client, mut stream) = open(servers[i % servers.len()], None).await;
+        let ready = Arc::clone(&ready);
         readers.push(tokio::spawn(async move {
             let _client = client;
-            assert_eq!(next(&mut events).await.data, "warm-up");
-            for _ in 0..EVENTS {
-                next(&mut events).await;
+            wait_live(&mut stream, &ready).await;
+            for _ in 0..events {
+                next(&mut stream).await;
             }
         }));
     }
+    until_live(from, &ready, clients).await;
     let start = Instant::now();
-    for i in 0..EVENTS {
-        from.publish(&format!("event {i} with some text")).await;
+    for i in 0..events {
+        send(from, format!("event {i} with some text")).await;
     }
     for reader in readers {
         reader.await.unwrap();
     }
-    (CLIENTS * EVENTS) as f64 / start.elapsed().as_secs_f64()
+    (clients * events) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// What a reconnect storm did, from B's counters.
+struct Storm {
+    /// Resumes that replayed what they missed.
+    replays: u64,
+    /// Of those, the ones that read it from the backend.
+    from_backend: u64,
+    /// Resumes answered with the reset event: their cursor was too old.
+    resets: u64,
+    /// Resumes closed because the backend could not be reached.
+    unavailable: u64,
+    first_event: (Duration, Duration),
+    total: Duration,
+}
+
+/// `STORM_EVENTS` events sent on `from`, then `clients` resumes on `to` (served by `b`) from
+/// random cursors among their ids, all at once: the time each takes to its first event.
+async fn storm(from: &Broadcast, b: &Broadcast, to: SocketAddr, clients: usize) -> Storm {
+    let (_watch, mut watch) = open(to, None).await;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let live = tokio::spawn({
+        let ready = Arc::clone(&ready);
+        async move {
+            wait_live(&mut watch, &ready).await;
+            watch
+        }
+    });
+    until_live(from, &ready, 1).await;
+    let mut watch = live.await.unwrap();
+    let mut ids = Vec::with_capacity(STORM_EVENTS);
+    for i in 0..STORM_EVENTS {
+        ids.push(send(from, i.to_string()).await);
+    }
+    // B has every event once its watcher has the last.
+    let last = (STORM_EVENTS - 1).to_string();
+    while next(&mut watch).await.data != last {}
+    let before = b.stats();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut resumes = Vec::with_capacity(clients);
+    let start = Instant::now();
+    for _ in 0..clients {
+        // xorshift: the same "random" cursors on every run.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Not the newest id: every resume has at least one event to replay.
+        let cursor = ids[(seed % (ids.len() as u64 - 1)) as usize].clone();
+        resumes.push(tokio::spawn(async move {
+            let begin = Instant::now();
+            let (_client, mut events) = open(to, Some(&cursor)).await;
+            next(&mut events).await;
+            begin.elapsed()
+        }));
+    }
+    let mut first_events = Vec::with_capacity(clients);
+    for resume in resumes {
+        first_events.push(resume.await.unwrap());
+    }
+    let total = start.elapsed();
+    first_events.sort();
+    let after = b.stats();
+    Storm {
+        replays: after.replays - before.replays,
+        from_backend: after.replays_from_backend - before.replays_from_backend,
+        resets: after.resets - before.resets,
+        unavailable: after.resumes_unavailable - before.resumes_unavailable,
+        first_event: (
+            percentile(&first_events, 0.5),
+            percentile(&first_events, 0.99),
+        ),
+        total,
+    }
+}
+
+/// `sends` sends on `hub` by `tasks` tasks at once: sends per second.
+async fn concurrent_sends(hub: &Broadcast, tasks: usize, sends: usize) -> f64 {
+    let each = sends / tasks;
+    let start = Instant::now();
+    let senders: Vec<_> = (0..tasks)
+        .map(|task| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    send(&hub, format!("sender {task} event {i}")).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    (each * tasks) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "redis benchmark: not run; run it with \
+             `cargo bench --bench redis --features redis -- [--quick]`"
+        );
+        return;
+    }
+    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(run());
+    runtime.block_on(run(plan));
 }
 
-async fn run() {
+/// Starts `redis-server` on a free loopback port, without persistence, in `dir`.
+async fn start_redis(dir: &std::path::Path) -> (RedisServer, redis::Client) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("tower-eventsource-bench-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
     let server = Command::new("redis-server")
         .args([
             "--port",
@@ -163,97 +369,93 @@ async fn run() {
             "",
         ])
         .args(["--appendonly", "no", "--dir"])
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (Debian: apt-get install redis-server)");
-    let _server = RedisServer(server);
+    let server = RedisServer(server);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.get_multiplexed_async_connection().await.is_err() {
         assert!(Instant::now() < deadline, "redis-server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (server, client)
+}
+
+async fn run(plan: Plan) {
+    let dir = std::env::temp_dir().join(format!("tower-eventsource-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_server, client) = start_redis(&dir).await;
     let version = Command::new("redis-server")
         .arg("--version")
         .output()
         .unwrap();
     println!("{}", String::from_utf8_lossy(&version.stdout).trim());
+    let backends = [Backend::InProcess, Backend::Redis(client)];
+    let Plan {
+        clients,
+        events,
+        latency_samples,
+        sends,
+    } = plan;
 
-    let builder = |name: &str| RedisBroadcast::builder(client.clone(), name).history(1000);
-    let local = Hub::Local(Broadcast::builder().history(1000).build());
-    let local_addr = serve(local.clone()).await;
-
-    // Latency.
-    let a = Hub::Redis(builder("latency").build().await.unwrap());
-    let b = Hub::Redis(builder("latency").build().await.unwrap());
-    let b_addr = serve(b.clone()).await;
-    let (p50, p99) = latency(&local, local_addr).await;
-    println!("latency, in-process hub, send to client:           p50 {p50:>9.1?}  p99 {p99:>9.1?}");
-    let (p50, p99) = latency(&a, b_addr).await;
-    println!("latency, Redis, publish on A to a client of B:     p50 {p50:>9.1?}  p99 {p99:>9.1?}");
-
-    // Throughput.
-    let rate = throughput(&local, &[local_addr]).await;
-    println!("throughput, in-process hub, {CLIENTS} clients:          {rate:>12.0} deliveries/s");
-    let a = builder("throughput").build().await.unwrap();
-    let b = builder("throughput").build().await.unwrap();
-    let servers = [
-        serve(Hub::Redis(a.clone())).await,
-        serve(Hub::Redis(b.clone())).await,
-    ];
-    let rate = throughput(&Hub::Redis(a.clone()), &servers).await;
-    println!("throughput, Redis, {CLIENTS} clients over 2 instances:  {rate:>12.0} deliveries/s");
-
-    // Reconnect storm: ids of the last 2,000 events; B keeps 1,000 of them.
-    let a = builder("storm").build().await.unwrap();
-    let b = builder("storm").build().await.unwrap();
-    let b_addr = serve(Hub::Redis(b.clone())).await;
-    let (_watch, mut watch) = open(b_addr, None).await;
-    let mut ids = Vec::new();
-    for i in 0..2_000 {
-        ids.push(a.publish(i.to_string()).await.unwrap());
+    for backend in &backends {
+        let hubs = backend.instances("latency", 2).await;
+        let (a, b) = (&hubs[0], &hubs[hubs.len() - 1]);
+        let b_addr = serve(b.clone()).await;
+        let (p50, p99) = latency(a, b_addr, latency_samples).await;
+        println!(
+            "latency, send on A to a client of B, {:<10}               p50 {p50:>9.1?}  p99 {p99:>9.1?}",
+            backend.label()
+        );
     }
-    loop {
-        if next(&mut watch).await.data == "1999" {
-            break;
+
+    for backend in &backends {
+        let hubs = backend.instances("fan-out", 2).await;
+        let mut servers = Vec::with_capacity(hubs.len());
+        for hub in &hubs {
+            servers.push(serve(hub.clone()).await);
+        }
+        let rate = fan_out(&hubs[0], &servers, clients, events).await;
+        println!(
+            "fan-out, {clients} clients over {} instance(s), {events} events, {:<10} {rate:>12.0} deliveries/s",
+            hubs.len(),
+            backend.label()
+        );
+    }
+
+    for backend in &backends {
+        let hubs = backend.instances("storm", 2).await;
+        let (a, b) = (&hubs[0], &hubs[hubs.len() - 1]);
+        let b_addr = serve(b.clone()).await;
+        let Storm {
+            replays,
+            from_backend,
+            resets,
+            unavailable,
+            first_event: (p50, p99),
+            total,
+        } = storm(a, b, b_addr, clients).await;
+        println!(
+            "reconnect storm, {clients} resumes on B from random cursors among the last \
+             {STORM_EVENTS} events (history {HISTORY}), {}: {replays} replayed \
+             ({from_backend} read from the backend), {resets} resets, {unavailable} \
+             unavailable; time to first event p50 {p50:.1?} p99 {p99:.1?}; all done in \
+             {total:.1?}",
+            backend.label(),
+        );
+    }
+
+    for backend in &backends {
+        for tasks in SENDERS {
+            let hubs = backend.instances(&format!("senders-{tasks}"), 1).await;
+            let rate = concurrent_sends(&hubs[0], tasks, sends).await;
+            println!(
+                "concurrent senders, {tasks:>3} tasks on one instance, {:<10}        {rate:>12.0} sends/s",
+                backend.label()
+            );
         }
     }
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut storm = Vec::new();
-    let start = Instant::now();
-    for _ in 0..CLIENTS {
-        // xorshift: the same "random" cursors on every run.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        // Not the newest id: every resume has at least one event to replay.
-        let cursor = ids[(seed % (ids.len() as u64 - 1)) as usize].clone();
-        storm.push(tokio::spawn(async move {
-            let begin = Instant::now();
-            let (_client, mut events) = open(b_addr, Some(&cursor)).await;
-            next(&mut events).await;
-            begin.elapsed()
-        }));
-    }
-    let mut first_bytes = Vec::new();
-    for task in storm {
-        first_bytes.push(task.await.unwrap());
-    }
-    let total = start.elapsed();
-    first_bytes.sort();
-    let stats = b.stats();
-    println!(
-        "reconnect storm, {CLIENTS} resumes on B from random cursors among the last 2,000 events (B keeps 1,000): \
-         {} from local history ({:.0}%), {} from Redis, {} resets, {} Redis calls; \
-         time to first event p50 {:.1?} p99 {:.1?}; all done in {total:.1?}",
-        stats.resumed_locally,
-        100.0 * stats.resumed_locally as f64 / CLIENTS as f64,
-        stats.resumed_from_redis,
-        stats.local.resets,
-        stats.resume_calls,
-        percentile(&first_bytes, 0.5),
-        percentile(&first_bytes, 0.99),
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -161,8 +161,8 @@ impl EventSource {
     /// The response is an `http::Response<EventStreamBody>`, which axum accepts as a
     /// handler's return value as it is (and `Response::map` adapts to any body type).
     /// Everything a subscription does happens in this call or the handler's own code, so when
-    /// the handler returns, a [`Broadcast::subscribe`](crate::Broadcast::subscribe) it made has
-    /// happened.
+    /// the handler returns, a [`Broadcast::subscribe`](crate::Broadcast::subscribe) it awaited
+    /// has happened.
     ///
     /// Without a usable tokio runtime (none on this thread, or one built without
     /// `enable_time`, which keep-alive and the send timeout need), the response is an empty

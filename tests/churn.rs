@@ -63,7 +63,7 @@ async fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
                     },
                     // Subscribe to the hub and return: the hub keeps the stream.
                     "/hub" => {
-                        hub.subscribe(&conn);
+                        hub.subscribe(&conn).await;
                         Ok(())
                     }
                     // Wait for the client to go.
@@ -127,7 +127,7 @@ async fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         let (hub, live_handlers, metrics) = (&hub, &live_handlers, &metrics);
         timeout(Duration::from_secs(20), async move {
             loop {
-                hub.send("ping").unwrap();
+                hub.send("ping").await.unwrap();
                 if live_handlers.load(Ordering::SeqCst) == 0
                     && metrics.num_alive_tasks() <= baseline
                     && hub.stats().subscribers == 0

@@ -14,7 +14,8 @@ use axum::{
     Router,
 };
 use common::{
-    assert_ends, next_data_frame, next_event, read_events, serve_axum, Client, Proto, BOUND,
+    assert_ends, next_data_frame, next_event, read_events, serve_axum, split_id, Client, Proto,
+    BOUND,
 };
 use futures_util::FutureExt;
 use http::{header, Method, Request, StatusCode};
@@ -174,13 +175,13 @@ async fn retry_is_queued_before_anything_the_handler_pushes() {
 
 #[tokio::test]
 async fn a_subscription_made_in_the_handler_has_happened_when_the_response_arrives() {
-    let hub = Broadcast::builder().history(10).first_id(1).build();
+    let hub = Broadcast::builder().history(10).build();
     let app = Router::new()
         .route(
             "/events",
             get(|State(app): State<App>, headers: HeaderMap| async move {
                 let (conn, response) = app.source.connect(&headers);
-                app.hub.subscribe(&conn);
+                app.hub.subscribe(&conn).await;
                 response
             }),
         )
@@ -193,10 +194,15 @@ async fn a_subscription_made_in_the_handler_has_happened_when_the_response_arriv
     let response = client.get("/events").await;
     // No waiting: the handler subscribed before it returned the response.
     assert_eq!(hub.stats().subscribers, 1);
-    hub.send("live").unwrap();
+    let sent = hub.send("live").await.unwrap();
+    assert_eq!(sent.reached(), Some(1));
     let mut events = read_events(response.into_body());
     let event = next_event(&mut events).await;
-    assert_eq!((event.data.as_str(), event.id.as_str()), ("live", "1"));
+    assert_eq!(
+        (event.data.as_str(), event.id.as_str()),
+        ("live", sent.id().unwrap())
+    );
+    assert_eq!(split_id(&event.id).1, 1, "the hub's first event");
 }
 
 #[tokio::test]

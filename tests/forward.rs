@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    assert_ends, handover, message, next_connection, next_event, read_events, serve, Client, Proto,
-    BOUND,
+    assert_ends, handover, message, next_connection, next_event, read_events, serve, split_id,
+    Client, Proto, BOUND,
 };
 use futures_util::{stream, StreamExt};
 use http::Request;
@@ -20,7 +20,7 @@ use std::{
 };
 use tokio::{sync::mpsc, time::timeout};
 use tokio_stream::wrappers::ReceiverStream;
-use tower_eventsource::{Broadcast, EncodeError, Event, PushError};
+use tower_eventsource::{Broadcast, EncodeError, Event, PushError, SendError};
 
 #[tokio::test]
 async fn every_item_arrives_in_order_and_the_end_of_the_source_ends_forward_with_ok() {
@@ -177,12 +177,15 @@ async fn an_invalid_item_stops_forward_with_invalid_and_leaves_the_rest_unread()
 
 #[tokio::test]
 async fn a_hub_fed_from_a_stream_reaches_every_subscriber_in_order() {
-    let hub = Broadcast::builder().history(16).first_id(1).build();
+    let hub = Broadcast::builder().history(16).build();
     let service = tower_eventsource::EventSourceService::new({
         let hub = hub.clone();
         move |conn: tower_eventsource::Connection, _req: Request<Incoming>| {
-            hub.subscribe(&conn);
-            async move { conn.closed().await }
+            let hub = hub.clone();
+            async move {
+                hub.subscribe(&conn).await;
+                conn.closed().await
+            }
         }
     });
     let addr = serve(service).await;
@@ -211,12 +214,16 @@ async fn a_hub_fed_from_a_stream_reaches_every_subscriber_in_order() {
         source.send(format!("news {n}")).await.unwrap();
     }
     drop(source);
-    assert_eq!(timeout(BOUND, feeding).await.unwrap().unwrap(), Ok(()));
+    let forwarded = timeout(BOUND, feeding).await.unwrap().unwrap();
+    assert!(forwarded.is_ok(), "{forwarded:?}");
+    // The hub numbers its events from 1 in its epoch, which its newest event shows.
+    let (epoch, newest) = split_id(hub.recent(1).await.unwrap()[0].id());
+    assert_eq!(newest, 10);
     for events in &mut readers {
         for n in 0..10 {
             assert_eq!(
                 next_event(events).await,
-                message(&format!("news {n}"), &(n + 1).to_string())
+                message(&format!("news {n}"), &format!("{epoch}-{}", n + 1))
             );
         }
     }
@@ -231,9 +238,10 @@ async fn a_hub_fed_an_invalid_item_stops_there() {
         Event::new().id("a\nb").data("x"),
         Event::from("after"),
     ]);
-    assert_eq!(
-        hub.forward(&mut items).await,
-        Err(EncodeError::LineBreakInId)
+    let result = hub.forward(&mut items).await;
+    assert!(
+        matches!(result, Err(SendError::Invalid(EncodeError::LineBreakInId))),
+        "{result:?}"
     );
     assert_eq!(hub.stats().events_sent, 1);
     assert_eq!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{message, next_event, read_events, Client, Events, Proto, BOUND};
+use common::{message, next_event, read_events, split_id, Client, Events, Proto, BOUND};
 use http::{header, Request};
 use hyper::body::Incoming;
 use std::{net::SocketAddr, time::Duration};
@@ -19,10 +19,12 @@ async fn hub_server(
     let (tx, rx) = mpsc::unbounded_channel();
     let events = EventSourceService::new(move |conn: Connection, req: Request<Incoming>| {
         let key = req.uri().path().trim_start_matches("/events/").to_owned();
-        let first = hub.subscribe(&key, &conn);
-        let second = hub.subscribe(&key, &conn);
-        let _ = tx.send([first, second]);
-        async {}
+        let (hub, tx) = (hub.clone(), tx.clone());
+        async move {
+            let first = hub.subscribe(&key, &conn).await;
+            let second = hub.subscribe(&key, &conn).await;
+            let _ = tx.send([first, second]);
+        }
     });
     let addr = common::serve(events).await;
     (addr, rx)
@@ -58,10 +60,10 @@ async fn each_key_streams_its_own_events_once() {
     let (_alice, mut alice_events, how) = open(addr, &mut subscribed, "alice", None).await;
     assert_eq!(how, Resume::Live);
     let (_bob, mut bob_events, _) = open(addr, &mut subscribed, "bob", None).await;
-    hub.send(&"bob".into(), "for bob").unwrap();
-    hub.send(&"alice".into(), "for alice").unwrap();
+    hub.send("bob", "for bob").await.unwrap();
+    hub.send("alice", "for alice").await.unwrap();
     for key in ["alice", "bob"] {
-        hub.send(&key.into(), "end").unwrap();
+        hub.send(key, "end").await.unwrap();
     }
     // Each reads its own event, once, then the marker: nothing of the other key in between.
     assert_eq!(
@@ -78,7 +80,7 @@ async fn each_key_streams_its_own_events_once() {
 #[tokio::test]
 async fn a_reconnect_resumes_in_its_key_and_an_id_of_a_dropped_key_gets_the_reset() {
     // No linger: a key goes as soon as its last subscriber has.
-    let hub = KeyedBroadcast::builder(Broadcast::builder().history(10).first_id(1))
+    let hub = KeyedBroadcast::builder(Broadcast::builder().history(10))
         .linger(Duration::ZERO)
         .build();
     let (addr, mut subscribed) = hub_server(hub.clone()).await;
@@ -87,19 +89,29 @@ async fn a_reconnect_resumes_in_its_key_and_an_id_of_a_dropped_key_gets_the_rese
     let (_keeper, _keeper_events, _) = open(addr, &mut subscribed, "elsewhere", None).await;
     let (holder, _holder_events, _) = open(addr, &mut subscribed, "room", None).await;
     let (client, mut events, _) = open(addr, &mut subscribed, "room", None).await;
+    let mut ids = Vec::new();
     for text in ["one", "two", "three"] {
-        hub.send(&room, text).unwrap();
+        let sent = hub.send(&room, text).await.unwrap();
+        ids.push(sent.id().unwrap().to_owned());
     }
-    hub.send(&"elsewhere".into(), "other key").unwrap();
-    assert_eq!(next_event(&mut events).await, message("one", "1"));
-    assert_eq!(next_event(&mut events).await, message("two", "2"));
+    // The key numbers its own events from 1, in its own epoch.
+    let (epoch, _) = split_id(&ids[0]);
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(split_id(id), (epoch.clone(), n as u64 + 1));
+    }
+    let other = hub.send("elsewhere", "other key").await.unwrap();
+    let (other_epoch, other_number) = split_id(other.id().unwrap());
+    assert_eq!(other_number, 1, "another key numbers its events apart");
+    assert_ne!(other_epoch, epoch);
+    assert_eq!(next_event(&mut events).await, message("one", &ids[0]));
+    assert_eq!(next_event(&mut events).await, message("two", &ids[1]));
     client.disconnect().await;
 
     // A reconnect while the key lives resumes exactly.
     let room_stats = hub.key_stats(&room).unwrap();
-    let (client, mut events, how) = open(addr, &mut subscribed, "room", Some("2")).await;
+    let (client, mut events, how) = open(addr, &mut subscribed, "room", Some(&ids[1])).await;
     assert_eq!(how, Resume::Replayed(1));
-    assert_eq!(next_event(&mut events).await, message("three", "3"));
+    assert_eq!(next_event(&mut events).await, message("three", &ids[2]));
     assert_eq!(hub.key_stats(&room).unwrap().resets, room_stats.resets);
     client.disconnect().await;
     holder.disconnect().await;
@@ -119,21 +131,33 @@ async fn a_reconnect_resumes_in_its_key_and_an_id_of_a_dropped_key_gets_the_rese
     let (_holder, _holder_events, how) = open(addr, &mut subscribed, "room", None).await;
     assert_eq!(how, Resume::Live);
     for text in ["four", "five", "six"] {
-        hub.send(&room, text).unwrap();
+        hub.send(&room, text).await.unwrap();
     }
-    let (_client, mut events, how) = open(addr, &mut subscribed, "room", Some("2")).await;
+    let (_client, mut events, how) = open(addr, &mut subscribed, "room", Some(&ids[1])).await;
     assert_eq!(how, Resume::Reset);
     let reset = next_event(&mut events).await;
     assert_eq!(reset.event, "reset");
-    hub.send(&room, "seven").unwrap();
-    let seven = next_event(&mut events).await;
-    assert_eq!(seven.data, "seven");
-    assert!(seven.id.parse::<u64>().unwrap() > reset.id.parse::<u64>().unwrap());
+    // The new life numbers its events in a new epoch: the reset carries its newest id.
+    let (new_epoch, newest) = split_id(&reset.id);
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(newest, 3);
+    let seven = hub.send(&room, "seven").await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        message("seven", seven.id().unwrap())
+    );
+    assert_eq!(split_id(seven.id().unwrap()), (new_epoch, newest + 1));
 
-    // The other key kept its own ids and history all along.
-    let (_client, mut events, how) = open(addr, &mut subscribed, "elsewhere", Some("0")).await;
+    // The other key kept its own ids and history all along: the id before its first event
+    // resumes it.
+    let before_first = format!("{other_epoch}-0");
+    let (_client, mut events, how) =
+        open(addr, &mut subscribed, "elsewhere", Some(&before_first)).await;
     assert_eq!(how, Resume::Replayed(1));
-    assert_eq!(next_event(&mut events).await, message("other key", "1"));
+    assert_eq!(
+        next_event(&mut events).await,
+        message("other key", other.id().unwrap())
+    );
     let stats = hub.stats();
     assert_eq!((stats.keys_created, stats.keys_dropped), (3, 1));
 }
@@ -147,4 +171,28 @@ fn public_keyed_types_keep_their_auto_traits() {
     is_send_sync_clone::<tower_eventsource::BroadcastBuilder>();
     is_send_sync_clone::<tower_eventsource::KeyedBroadcastStats>();
     is_send_sync::<tower_eventsource::KeyedBroadcastBuilder<String>>();
+}
+
+/// A handler's future must be `Send` (the service runs it on any worker), so every hub
+/// future is.
+#[allow(dead_code)]
+fn hub_futures_are_send(hub: KeyedBroadcast<String>, plain: Broadcast, conn: Connection) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(async move {
+        hub.subscribe("k", &conn).await;
+        hub.subscribe_from("k", &conn, Some("x")).await;
+        hub.subscribe_all(&conn).await;
+        hub.subscribe_all_from(&conn, None).await;
+        let _ = hub.send("k", "x").await;
+        let _ = hub.send_idempotent("k", "i", "x").await;
+        let _ = hub.recent("k", 1).await;
+        let _ = hub.ready().await;
+        plain.subscribe(&conn).await;
+        plain.subscribe_from(&conn, None).await;
+        let _ = plain.send("x").await;
+        let _ = plain.send_idempotent("i", "x").await;
+        let _ = plain.recent(1).await;
+        let _ = plain.ready().await;
+        let _ = plain.forward(futures_util::stream::iter(["x"])).await;
+    });
 }

@@ -376,7 +376,7 @@ async fn a_panicking_handler_ends_only_its_own_stream() {
         move |conn: Connection, req: Request<Incoming>| {
             let hub = hub.clone();
             async move {
-                hub.subscribe(&conn);
+                hub.subscribe(&conn).await;
                 conn.push("before").await.unwrap();
                 if req.uri().path() == "/panic" {
                     panic!("handler panicked on purpose");
@@ -412,7 +412,8 @@ async fn a_panicking_handler_ends_only_its_own_stream() {
     })
     .await
     .unwrap();
-    assert_eq!(hub.send("after").map(|sent| sent.reached()), Ok(1));
+    let sent = hub.send("after").await.unwrap();
+    assert_eq!(sent.reached(), Some(1));
     assert_eq!(next_frame(healthy.body_mut()).await, "data: after\n\n");
     let mut again = open(addr, None).await;
     assert_eq!(next_frame(again.body_mut()).await, "data: before\n\n");

@@ -10,14 +10,14 @@
 #[cfg(feature = "redis")]
 mod common;
 #[cfg(feature = "redis")]
-#[path = "redis/server.rs"]
-mod server;
-#[cfg(feature = "redis")]
 #[path = "redis/guarantees.rs"]
 mod guarantees;
 #[cfg(feature = "redis")]
 #[path = "redis/scale_out.rs"]
 mod scale_out;
+#[cfg(feature = "redis")]
+#[path = "redis/server.rs"]
+mod server;
 
 /// Stands for the Redis tests in a build without the `redis` feature, so that a plain
 /// `cargo test` lists them as ignored rather than running nothing silently.
