@@ -198,7 +198,7 @@ where
         self
     }
 
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn with_backend(
         mut self,
         backend: Arc<dyn Connector>,

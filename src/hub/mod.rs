@@ -95,10 +95,10 @@ pub(crate) struct Settings {
     pub(crate) slow_client: SlowClient,
     pub(crate) reset: Event,
     pub(crate) idempotency_ttl: Duration,
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) response_timeout: Duration,
     /// How long a keyed hub keeps a key's history without subscribers and events.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) linger: Duration,
 }
 
@@ -424,7 +424,7 @@ impl BroadcastBuilder {
         self
     }
 
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn with_backend(mut self, backend: Arc<dyn Connector>) -> Self {
         self.backend = Some(backend);
         self

@@ -43,7 +43,7 @@ struct State {
     history_size: usize,
     /// The backend lost track while connections were subscribed: they get the reset event
     /// as soon as the topic knows where its numbering stands again.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     missed: bool,
     /// Idempotency keys seen by an in-process topic, with the id they got and when they
     /// expire.
@@ -81,7 +81,7 @@ pub(crate) fn new_epoch() -> Arc<str> {
 }
 
 /// An event's frame: its fields (each ending with LF), then its id, then the blank line.
-#[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+#[allow(dead_code, reason = "used by the backends behind features")]
 pub(crate) fn frame_with_id(fields: &[u8], epoch: &str, number: u64) -> Bytes {
     use std::fmt::Write as _;
     let mut frame = BytesMut::with_capacity(fields.len() + epoch.len() + 28);
@@ -187,7 +187,7 @@ impl Topic {
     /// number and wire bytes. Delivered as one piece, so that a batch takes one place in each
     /// subscriber's buffer. An event of another epoch, or after a gap, starts the numbering
     /// over: the subscribers missed something, so they first get the reset event.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn feed(&self, epoch: &str, frames: &[(u64, Bytes)]) {
         let Some((first, _)) = frames.first() else {
             return;
@@ -226,7 +226,7 @@ impl Topic {
 
     /// Forgets where the numbering stands: the backend lost track, so the subscribers may
     /// have missed events, and get the reset event once the topic knows where it stands.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn restart(&self) {
         let mut state = self.lock();
         state.missed |= !state.subscribers.is_empty();
@@ -277,7 +277,7 @@ impl Topic {
     /// looked). Called once this topic has been fed at least that far, it replays the page
     /// and then what the history holds after it; when the history has moved on past the page
     /// (or to another epoch), the reset event.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn subscribe_after(
         &self,
         conn: &Connection,
@@ -312,7 +312,7 @@ impl Topic {
 
     /// Sends `conn` the reset event and subscribes it; the id is the newest of this topic, or
     /// when it does not know its numbering, `newest` of `epoch` as its backend said.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) fn subscribe_reset(&self, conn: &Connection, epoch: &str, newest: u64) -> Resume {
         let mut state = self.lock();
         if Self::has_subscriber(&state, conn) {
@@ -330,7 +330,7 @@ impl Topic {
     /// Takes the numbering a backend gave: `newest` of `epoch`, with everything after it to be
     /// fed. Subscribers of an earlier numbering get the reset event, since they may have
     /// missed events.
-    #[allow(dead_code, reason = "used by the shared backends, each behind a feature")]
+    #[allow(dead_code, reason = "used by the backends behind features")]
     fn learn(&self, state: &mut State, epoch: &str, newest: u64) {
         if state.epoch.as_deref() == Some(epoch) {
             return;
