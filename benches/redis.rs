@@ -237,7 +237,9 @@ async fn fan_out(from: &Broadcast, servers: &[SocketAddr], clients: usize, event
     until_live(from, &ready, clients).await;
     let start = Instant::now();
     // All at once, as a busy application sends: on Redis the sends share round trips.
-    let texts: Vec<String> = (0..events).map(|i| format!("event {i} with some text")).collect();
+    let texts: Vec<String> = (0..events)
+        .map(|i| format!("event {i} with some text"))
+        .collect();
     join_all(texts.iter().map(|text| send(from, text.as_str()))).await;
     for reader in readers {
         reader.await.unwrap();

@@ -137,6 +137,9 @@ struct Inner<K> {
     /// The topic of every key, made on the first `subscribe_all`.
     all: OnceLock<Arc<Topic>>,
     map: Mutex<Map<K>>,
+    /// Held across a send to a key and to every key's topic, so that both get sends in one
+    /// order.
+    order: Mutex<()>,
 }
 
 struct Map<K> {
@@ -226,6 +229,7 @@ where
                 backend,
                 name: self.name,
                 all: OnceLock::new(),
+                order: Mutex::new(()),
                 map: Mutex::new(Map {
                     keys: HashMap::new(),
                     queue: VecDeque::new(),
@@ -482,26 +486,42 @@ where
                 reached: Some(0),
             });
         };
-        let sent = match idempotency {
-            Some(idempotency) => {
-                let (sent, repeated) = topic.send_idempotent(idempotency, event.clone());
-                if let (Some(all), false) = (all, repeated) {
-                    all.send(event);
-                }
-                sent
-            }
-            None => {
-                if let Some(all) = all {
-                    all.send(event.clone());
-                }
-                topic.send(event)
-            }
+        let Some(all) = all else {
+            return Ok(self.send_to(key, topic, idempotency, event).0);
+        };
+        let _order = self
+            .inner
+            .order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (sent, repeated) = self.send_to(key, topic, idempotency, event.clone());
+        if !repeated {
+            all.send(event);
+        }
+        Ok(sent)
+    }
+
+    /// Sends `event` to `key`'s topic; whether it was a repeated idempotency key.
+    fn send_to<Q>(
+        &self,
+        key: &Q,
+        topic: Arc<Topic>,
+        idempotency: Option<&str>,
+        event: Event,
+    ) -> (Sent, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (sent, repeated) = match idempotency {
+            Some(idempotency) => topic.send_idempotent(idempotency, event),
+            None => (topic.send(event), false),
         };
         if sent.reached == Some(0) && !self.inner.history {
             drop(topic);
             self.drop_if_unwanted(key);
         }
-        Ok(sent)
+        (sent, repeated)
     }
 
     /// The latest kept events of `key` (at most `count`), oldest first; see

@@ -385,7 +385,9 @@ impl Core {
             (None, None) => epoch.clone(),
             (None, Some(_)) => String::new(),
         };
-        if !hub_epoch.is_empty() && !self.caught_up(&hub_epoch, hub_number).await {
+        // Nothing sent yet: nothing for the reader to catch up with.
+        let behind = !hub_epoch.is_empty() && hub_number > 0;
+        if behind && !self.caught_up(&hub_epoch, hub_number).await {
             return Err(BackendError::new("the reader is behind", None));
         }
         let resumable = cursor.and_then(|(cursor_epoch, after)| {
@@ -400,14 +402,15 @@ impl Core {
                 .collect();
             let complete = entries.len() as u64 == newest - after
                 && entries.first().is_none_or(|(first, _)| *first == after + 1);
-            let size: usize = entries.iter().map(|(_, fields)| fields.len()).sum();
-            if !complete || size > self.settings.history_bytes {
-                return None;
-            }
             let frames = entries
                 .into_iter()
                 .map(|(number, fields)| (number, frame_with_id(&fields, &epoch, number)))
                 .collect::<Vec<_>>();
+            // As in-process: what was missed must fit in the history's bytes.
+            let size: usize = frames.iter().map(|(_, frame)| frame.len()).sum();
+            if !complete || size > self.settings.history_bytes {
+                return None;
+            }
             Some((after, frames))
         });
         Ok(match resumable {
@@ -499,14 +502,20 @@ impl Core {
         let Some(epoch) = epoch else {
             return Ok(Vec::new());
         };
+        // Newest first, as far as the history's bytes reach, as in-process.
+        let mut size = 0;
         let mut recent: Vec<HistoryEntry> = newest
             .ids
             .iter()
             .filter_map(|entry| {
                 let number = entry_number(&entry.id)?;
-                let fields = fields(&entry.map)?;
-                Some(HistoryEntry::parse(&frame_with_id(&fields, &epoch, number)))
+                Some(frame_with_id(&fields(&entry.map)?, &epoch, number))
             })
+            .take_while(|frame| {
+                size += frame.len();
+                size <= self.settings.history_bytes
+            })
+            .map(|frame| HistoryEntry::parse(&frame))
             .collect();
         recent.reverse();
         Ok(recent)
