@@ -99,22 +99,18 @@ impl Backend {
         }
     }
 
-    /// The instances of the hub `name` that `servers` servers would build: as many on Redis,
-    /// one in-process (every server is this process).
+    /// The instances of the hub `name` that `servers` servers would build: as many on Redis;
+    /// in-process, one hub that every server (all in this process) shares.
     async fn instances(&self, name: &str, servers: usize) -> Vec<Broadcast> {
-        let servers = match self {
-            Backend::InProcess => 1,
-            Backend::Redis(_) => servers,
+        let builder = Broadcast::builder().history(HISTORY);
+        let hubs = match self {
+            Backend::InProcess => vec![builder.build(); servers],
+            Backend::Redis(client) => (0..servers)
+                .map(|_| builder.clone().redis(client.clone(), name).build())
+                .collect(),
         };
-        let mut hubs = Vec::with_capacity(servers);
-        for _ in 0..servers {
-            let builder = Broadcast::builder().history(HISTORY);
-            let hub = match self {
-                Backend::InProcess => builder.build(),
-                Backend::Redis(client) => builder.redis(client.clone(), name).build(),
-            };
+        for hub in &hubs {
             hub.ready().await.expect("the hub's backend can be reached");
-            hubs.push(hub);
         }
         hubs
     }
