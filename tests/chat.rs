@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::{
     assert_ends,
     example::{build, Running, BUILD},
-    next_event, read_events, split_id, Client, Events, Proto, BOUND,
+    next_event, open_stream, split_id, Client, Events, BOUND,
 };
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -146,15 +146,7 @@ impl Chat {
     /// Opens `path` (`/events...`) as a browser would, with `Last-Event-ID` when given. The
     /// client must live as long as the events are read.
     async fn open(&self, path: &str, last_event_id: Option<&str>) -> (Client, Events) {
-        let mut client = Client::connect(self.addr, Proto::Http1).await;
-        let mut request = client.request(Method::GET, path);
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = client.send(request).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        (client, read_events(response.into_body()))
+        open_stream(self.addr, path, last_event_id).await
     }
 }
 

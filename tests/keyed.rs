@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{message, next_event, read_events, split_id, Client, Events, Proto, BOUND};
-use http::{header, Request};
+use common::{message, next_event, open_stream, split_id, Client, Events, BOUND};
+use http::Request;
 use hyper::body::Incoming;
 use std::{net::SocketAddr, time::Duration};
 use tokio::{sync::mpsc, time::timeout};
@@ -38,19 +38,10 @@ async fn open(
     key: &str,
     last_event_id: Option<&str>,
 ) -> (Client, Events, Resume) {
-    let mut client = Client::connect(addr, Proto::Http1).await;
-    let mut req = client.request(http::Method::GET, &format!("/events/{key}"));
-    if let Some(id) = last_event_id {
-        req = req.header("last-event-id", id);
-    }
-    let response = client.send(req).await;
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
+    let (client, events) = open_stream(addr, &format!("/events/{key}"), last_event_id).await;
     let [first, second] = timeout(BOUND, subscribed.recv()).await.unwrap().unwrap();
     assert_eq!(second, Resume::AlreadySubscribed);
-    (client, read_events(response.into_body()), first)
+    (client, events, first)
 }
 
 #[tokio::test]

@@ -24,6 +24,16 @@ fn epoch(hub: &Broadcast) -> String {
         .to_string()
 }
 
+/// A hub keeping `history` events that has sent `texts`, and its epoch.
+async fn hub_that_sent(history: usize, texts: &[&str]) -> (Broadcast, String) {
+    let hub = hub(history);
+    let e = epoch(&hub);
+    for text in texts {
+        hub.send(*text).await.unwrap();
+    }
+    (hub, e)
+}
+
 /// How many subscribers a send handed the event to.
 async fn reached(hub: &Broadcast, event: impl Into<Event>) -> Option<usize> {
     hub.send(event).await.expect("a valid event").reached()
@@ -31,11 +41,7 @@ async fn reached(hub: &Broadcast, event: impl Into<Event>) -> Option<usize> {
 
 #[tokio::test]
 async fn events_get_numbered_ids_and_replay_exactly() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-1")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Replayed(2));
     hub.send("4").await.unwrap();
@@ -47,14 +53,21 @@ async fn events_get_numbered_ids_and_replay_exactly() {
 
 #[tokio::test]
 async fn a_reset_before_the_first_event_carries_an_id_that_resumes() {
-    let hub = hub(10);
+    a_reset_on_an_empty_history_resumes(10, "forged").await;
+}
+
+/// A hub keeping `history` events, with none yet, answers `last_event_id` with the reset event
+/// whose id is the one before the first, which resumes.
+async fn a_reset_on_an_empty_history_resumes(history: usize, last_event_id: &str) {
+    let hub = hub(history);
     let e = epoch(&hub);
-    let (conn, mut body) = client(8, Some("forged"));
+    let (conn, mut body) = client(8, Some(last_event_id));
     assert_eq!(hub.subscribe(&conn).await, Resume::Reset);
     assert_eq!(
         ready(&mut body),
         format!("event: reset\ndata: \nid: {e}-0\n\n")
     );
+    // Reconnecting with the id from the reset event resumes without a gap.
     hub.send("a").await.unwrap();
     let (again, mut body) = client(8, Some(&format!("{e}-0")));
     assert_eq!(hub.subscribe(&again).await, Resume::Replayed(1));
@@ -136,11 +149,7 @@ async fn without_history_events_are_sent_as_they_are() {
 
 #[tokio::test]
 async fn replay_after_a_known_id_is_exact_and_comes_before_live_events() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3", "4", "5"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3", "4", "5"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-2")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Replayed(3));
     hub.send("6").await.unwrap();
@@ -155,9 +164,7 @@ async fn replay_after_a_known_id_is_exact_and_comes_before_live_events() {
 
 #[tokio::test]
 async fn replay_from_the_newest_id_sends_nothing_old() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    hub.send("1").await.unwrap();
+    let (hub, e) = hub_that_sent(10, &["1"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-1")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Replayed(0));
     assert_eq!(ready(&mut body), "");
@@ -165,11 +172,7 @@ async fn replay_from_the_newest_id_sends_nothing_old() {
 
 #[tokio::test]
 async fn subscribe_from_resumes_after_the_given_cursor() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3"]).await;
     let (conn, mut body) = client(8, None);
     let cursor = format!("{e}-2");
     assert_eq!(
@@ -181,11 +184,7 @@ async fn subscribe_from_resumes_after_the_given_cursor() {
 
 #[tokio::test]
 async fn subscribe_from_uses_the_given_cursor_not_the_connections_id() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-1")));
     let cursor = format!("{e}-2");
     assert_eq!(
@@ -217,11 +216,7 @@ async fn an_own_id_is_not_a_resume_point_but_the_hubs_id_after_it_is() {
 
 #[tokio::test]
 async fn the_id_just_before_the_history_replays_all_of_it() {
-    let hub = hub(3);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3", "4", "5"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(3, &["1", "2", "3", "4", "5"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-2")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Replayed(3));
     assert_eq!(
@@ -232,11 +227,7 @@ async fn the_id_just_before_the_history_replays_all_of_it() {
 
 #[tokio::test]
 async fn a_cursor_older_than_the_history_gets_the_reset_event_with_the_newest_id() {
-    let hub = hub(3);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3", "4", "5"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(3, &["1", "2", "3", "4", "5"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-1")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Reset);
     hub.send("6").await.unwrap();
@@ -249,11 +240,7 @@ async fn a_cursor_older_than_the_history_gets_the_reset_event_with_the_newest_id
 
 #[tokio::test]
 async fn a_cursor_past_the_newest_id_gets_the_reset_event() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    for text in ["1", "2", "3"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3"]).await;
     let (conn, mut body) = client(8, Some(&format!("{e}-4")));
     assert_eq!(hub.subscribe(&conn).await, Resume::Reset);
     assert_eq!(
@@ -266,19 +253,7 @@ async fn a_cursor_past_the_newest_id_gets_the_reset_event() {
 
 #[tokio::test]
 async fn an_unknown_cursor_on_an_empty_history_resets_to_before_the_first_id() {
-    let hub = hub(3);
-    let e = epoch(&hub);
-    let (conn, mut body) = client(8, Some("forged\u{e9}"));
-    assert_eq!(hub.subscribe(&conn).await, Resume::Reset);
-    assert_eq!(
-        ready(&mut body),
-        format!("event: reset\ndata: \nid: {e}-0\n\n")
-    );
-    // Reconnecting with the id from the reset event resumes without a gap.
-    hub.send("a").await.unwrap();
-    let (again, mut body) = client(8, Some(&format!("{e}-0")));
-    assert_eq!(hub.subscribe(&again).await, Resume::Replayed(1));
-    assert_eq!(ready(&mut body), format!("data: a\nid: {e}-1\n\n"));
+    a_reset_on_an_empty_history_resumes(3, "forged\u{e9}").await;
 }
 
 #[tokio::test]
@@ -609,10 +584,7 @@ async fn a_connection_on_several_hubs_is_found_again_on_each() {
 
 #[tokio::test]
 async fn stats_count_replays_and_resets() {
-    let hub = hub(10);
-    let e = epoch(&hub);
-    hub.send("1").await.unwrap();
-    hub.send("2").await.unwrap();
+    let (hub, e) = hub_that_sent(10, &["1", "2"]).await;
     let (a, _a) = client(8, Some(&format!("{e}-0")));
     let (b, _b) = client(8, Some(&format!("{e}-2")));
     let (c, _c) = client(8, Some("someone-else"));
@@ -859,10 +831,7 @@ async fn recent_returns_the_latest_entries_oldest_first() {
 
 #[tokio::test]
 async fn recent_ids_resume_exactly() {
-    let hub = hub(10);
-    for text in ["1", "2", "3"] {
-        hub.send(text).await.unwrap();
-    }
+    let (hub, e) = hub_that_sent(10, &["1", "2", "3"]).await;
     let recent = hub.recent(2).await.unwrap();
     let (conn, mut body) = client(8, None);
     assert_eq!(
@@ -875,7 +844,6 @@ async fn recent_ids_resume_exactly() {
         hub.subscribe_from(&conn, Some(recent[0].id())).await,
         Resume::Replayed(2)
     );
-    let e = epoch(&hub);
     assert_eq!(ready(&mut body), format!("data: 4\nid: {e}-4\n\n"));
     assert_eq!(
         ready(&mut earlier),

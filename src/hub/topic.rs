@@ -560,6 +560,25 @@ mod tests {
         (conn, body)
     }
 
+    /// A new client (a buffer of 16) subscribed here from `cursor` (its `Last-Event-ID`
+    /// `unusable` or not): its connection, its body, and how (`None`: the backend answers).
+    fn from_cursor(
+        topic: &Topic,
+        cursor: &str,
+        unusable: bool,
+    ) -> (Connection, EventStreamBody, Option<Resume>) {
+        let (conn, body) = client(16, None);
+        let how = topic.subscribe_here(&conn, Some(cursor), unusable);
+        (conn, body, how)
+    }
+
+    /// A fed topic keeping 100 events, with a live subscriber that has a buffer of 16.
+    fn fed_with_a_subscriber() -> (Topic, Connection, EventStreamBody) {
+        let topic = fed(100);
+        let (conn, body) = live(&topic, 16);
+        (topic, conn, body)
+    }
+
     fn subscribers(topic: &Topic) -> usize {
         topic.lock().subscribers.len()
     }
@@ -677,8 +696,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gap_in_the_numbers_sends_the_reset_event_and_delivery_goes_on() {
-        let topic = fed(100);
-        let (conn, mut body) = live(&topic, 16);
+        let (topic, conn, mut body) = fed_with_a_subscriber();
         topic.feed(E, &frames(E, 1..=3));
         topic.feed(E, &frames(E, 6..=7));
         topic.feed(E, &frames(E, 8..=8));
@@ -690,23 +708,17 @@ mod tests {
         let stats = topic.stats();
         assert_eq!((stats.resets, stats.events_sent), (1, 6));
         // The reset's id resumes; what was before the gap is not kept.
-        let (again, mut again_body) = client(16, None);
-        let cursor = format!("{E}-5");
-        assert_eq!(
-            topic.subscribe_here(&again, Some(&cursor), false),
-            Some(Resume::Replayed(3))
-        );
+        let (_again, mut again_body, how) = from_cursor(&topic, &format!("{E}-5"), false);
+        assert_eq!(how, Some(Resume::Replayed(3)));
         assert_eq!(ready(&mut again_body), wire(E, 6..=8));
-        let (old, _old_body) = client(16, None);
-        let cursor = format!("{E}-3");
-        assert_eq!(topic.subscribe_here(&old, Some(&cursor), false), None);
+        let (_old, _old_body, how) = from_cursor(&topic, &format!("{E}-3"), false);
+        assert_eq!(how, None);
         assert_eq!(topic.position(), Some((E.into(), 8)));
     }
 
     #[tokio::test]
     async fn another_epoch_sends_the_reset_event_and_delivery_goes_on() {
-        let topic = fed(100);
-        let (conn, mut body) = live(&topic, 16);
+        let (topic, conn, mut body) = fed_with_a_subscriber();
         topic.feed(E, &frames(E, 1..=2));
         topic.feed(F, &frames(F, 1..=2));
         assert!(!conn.is_closed());
@@ -715,23 +727,17 @@ mod tests {
             format!("{}{}{}", wire(E, 1..=2), reset(F, 0), wire(F, 1..=2))
         );
         assert_eq!(topic.stats().resets, 1);
-        let (again, mut again_body) = client(16, None);
-        let cursor = format!("{F}-0");
-        assert_eq!(
-            topic.subscribe_here(&again, Some(&cursor), false),
-            Some(Resume::Replayed(2))
-        );
+        let (_again, mut again_body, how) = from_cursor(&topic, &format!("{F}-0"), false);
+        assert_eq!(how, Some(Resume::Replayed(2)));
         assert_eq!(ready(&mut again_body), wire(F, 1..=2));
         // An id of the earlier epoch is the backend's to answer.
-        let (old, _old_body) = client(16, None);
-        let cursor = format!("{E}-2");
-        assert_eq!(topic.subscribe_here(&old, Some(&cursor), false), None);
+        let (_old, _old_body, how) = from_cursor(&topic, &format!("{E}-2"), false);
+        assert_eq!(how, None);
     }
 
     #[tokio::test]
     async fn the_first_feed_sends_no_reset() {
-        let topic = fed(100);
-        let (_conn, mut body) = live(&topic, 16);
+        let (topic, _conn, mut body) = fed_with_a_subscriber();
         topic.feed(E, &frames(E, 41..=42));
         assert_eq!(ready(&mut body), wire(E, 41..=42));
         assert_eq!(topic.stats().resets, 0);
@@ -740,8 +746,7 @@ mod tests {
 
     #[tokio::test]
     async fn restart_then_feed_sends_the_reset_event_once() {
-        let topic = fed(100);
-        let (conn, mut body) = live(&topic, 16);
+        let (topic, conn, mut body) = fed_with_a_subscriber();
         topic.feed(E, &frames(E, 1..=2));
         topic.restart();
         assert_eq!(topic.position(), None);
@@ -770,8 +775,7 @@ mod tests {
 
     #[tokio::test]
     async fn numbers_fed_again_are_delivered_once() {
-        let topic = fed(100);
-        let (_conn, mut body) = live(&topic, 16);
+        let (topic, _conn, mut body) = fed_with_a_subscriber();
         topic.feed(E, &frames(E, 1..=3));
         topic.feed(E, &frames(E, 2..=4));
         topic.feed(E, &frames(E, 1..=4));
@@ -802,28 +806,16 @@ mod tests {
         assert_eq!(topic.subscribe_here(&conn, Some(&cursor), false), None);
         assert_eq!(topic.subscribe_here(&conn, Some("forged"), false), None);
         topic.feed(E, &frames(E, 5..=7));
-        let (conn, mut body) = client(16, None);
-        let cursor = format!("{E}-4");
-        assert_eq!(
-            topic.subscribe_here(&conn, Some(&cursor), false),
-            Some(Resume::Replayed(3))
-        );
+        let (_resumed, mut body, how) = from_cursor(&topic, &format!("{E}-4"), false);
+        assert_eq!(how, Some(Resume::Replayed(3)));
         assert_eq!(ready(&mut body), wire(E, 5..=7));
         for cursor in [format!("{E}-3"), format!("{E}-8"), format!("{F}-5")] {
-            let (conn, _body) = client(16, None);
-            assert_eq!(
-                topic.subscribe_here(&conn, Some(&cursor), false),
-                None,
-                "{cursor}"
-            );
+            let (_conn, _body, how) = from_cursor(&topic, &cursor, false);
+            assert_eq!(how, None, "{cursor}");
         }
         // An unusable Last-Event-ID is answered here, with the reset event.
-        let (conn, mut body) = client(16, None);
-        let cursor = format!("{E}-4");
-        assert_eq!(
-            topic.subscribe_here(&conn, Some(&cursor), true),
-            Some(Resume::Reset)
-        );
+        let (_unusable, mut body, how) = from_cursor(&topic, &format!("{E}-4"), true);
+        assert_eq!(how, Some(Resume::Reset));
         assert_eq!(ready(&mut body), reset(E, 7));
     }
 

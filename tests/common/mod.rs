@@ -8,7 +8,7 @@
 pub(crate) mod example;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
+use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -133,15 +133,45 @@ impl Client {
     }
 }
 
-pub(crate) type Events = Pin<
-    Box<
-        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<hyper::Error>>> + Send,
-    >,
->;
+/// A response body read as Server-Sent Events, by [`read_events`].
+pub(crate) type Events =
+    Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
 
-/// Reads a response body as Server-Sent Events with `eventsource-stream`.
-pub(crate) fn read_events(body: Incoming) -> Events {
-    Box::pin(body.into_data_stream().eventsource())
+/// Reads a response body as Server-Sent Events with `eventsource-stream`; an error is kept as
+/// its text.
+pub(crate) fn read_events<B>(body: B) -> Events
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: AsRef<[u8]> + Send,
+    B::Error: std::fmt::Display + Send,
+{
+    Box::pin(
+        body.into_data_stream()
+            .eventsource()
+            .map(|item| item.map_err(|error| error.to_string())),
+    )
+}
+
+/// Opens `path` on `addr` over a new HTTP/1.1 connection as a browser does, with
+/// `Last-Event-ID` when given, and checks that the answer is an event stream; the client must
+/// live as long as the events are read.
+pub(crate) async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> (Client, Events) {
+    let mut client = Client::connect(addr, Proto::Http1).await;
+    let mut request = client.request(Method::GET, path);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = client.send(request).await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    (client, read_events(response.into_body()))
 }
 
 /// The next event, which must arrive in time.
@@ -186,6 +216,16 @@ pub(crate) fn split_id(id: &str) -> (String, u64) {
         .parse()
         .unwrap_or_else(|_| panic!("the number of {id:?} is a number"));
     (epoch.to_owned(), number)
+}
+
+/// The ids of the newest `count` events a hub keeps, oldest first.
+pub(crate) async fn recent_ids(hub: &tower_eventsource::Broadcast, count: usize) -> Vec<String> {
+    hub.recent(count)
+        .await
+        .expect("recent answers")
+        .iter()
+        .map(|entry| entry.id().to_owned())
+        .collect()
 }
 
 /// A service whose handler hands each connection to `tx` (so to the test) and returns.

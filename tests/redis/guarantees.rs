@@ -3,18 +3,18 @@
 //! two instances are two hubs built with the same name, as on two servers; in-process, where a
 //! hub cannot be shared, both instances are the same hub.
 
-use crate::common::{Client, Proto, BOUND};
+use crate::common::{
+    assert_ends, next_event, open_stream, read_events, recent_ids, split_id, Client, Events, BOUND,
+};
 use crate::server::RedisServer;
 use axum::{body::Body, Router};
-use eventsource_stream::Eventsource;
-use futures_util::{Stream, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Method, Request};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt;
 use std::{
     collections::{HashMap, HashSet},
     fmt,
     net::SocketAddr,
-    pin::Pin,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -156,42 +156,22 @@ async fn ready(ready: impl std::future::Future<Output = Result<(), BackendError>
         .expect("the hub is ready");
 }
 
+/// Waits (bounded) for a hub's `ready()`, which must fail (`why`); returns its error.
+async fn not_ready(
+    ready: impl std::future::Future<Output = Result<(), BackendError>>,
+    why: &str,
+) -> BackendError {
+    timeout(BOUND, ready)
+        .await
+        .expect("ready answers in time")
+        .expect_err(why)
+}
+
 /// The id a hub with a history gave an event.
 fn sent_id(sent: &Sent) -> String {
     sent.id()
         .expect("with a history every event has an id")
         .to_owned()
-}
-
-/// The epoch and number of an id `<epoch>-<number>`; the epoch is 16 hex digits.
-fn id_parts(id: &str) -> (String, u64) {
-    let (epoch, number) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("{id:?} is not <epoch>-<number>"));
-    assert!(
-        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
-        "the epoch of {id:?} is 16 hex digits"
-    );
-    let number = number
-        .parse()
-        .unwrap_or_else(|_| panic!("the number of {id:?} is a number"));
-    (epoch.to_owned(), number)
-}
-
-type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
-
-/// Reads a response body as Server-Sent Events with `eventsource-stream`.
-fn events_of<B>(body: B) -> Events
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: AsRef<[u8]> + Send,
-    B::Error: fmt::Display + Send,
-{
-    Box::pin(
-        body.into_data_stream()
-            .eventsource()
-            .map(|item| item.map_err(|error| error.to_string())),
-    )
 }
 
 /// A stream as `EventSource::connect` starts it, with this `Last-Event-ID`: its connection, for
@@ -202,16 +182,7 @@ fn connection(last_event_id: Option<&str>) -> (Connection, Events) {
         headers.insert("last-event-id", HeaderValue::from_str(id).expect("an id"));
     }
     let (conn, response) = EventSource::new().buffer(10_000).connect(&headers);
-    (conn, events_of(response.into_body()))
-}
-
-/// The next event, which must arrive in time.
-async fn next_event(events: &mut Events) -> eventsource_stream::Event {
-    timeout(BOUND, events.next())
-        .await
-        .expect("an event arrives in time")
-        .expect("the stream has not ended")
-        .expect("the stream parses")
+    (conn, read_events(response.into_body()))
 }
 
 /// The next `count` events, which must be messages: their data and ids.
@@ -230,15 +201,6 @@ async fn expect(events: &mut Events, expected: &[(&str, &str)]) {
     let got = messages(events, expected.len()).await;
     let got: Vec<(&str, &str)> = got.iter().map(|(d, i)| (d.as_str(), i.as_str())).collect();
     assert_eq!(got, expected);
-}
-
-/// Waits (bounded) for the stream to end, with no further event.
-async fn assert_ends(events: &mut Events) {
-    match timeout(BOUND, events.next()).await {
-        Ok(None) => {}
-        Ok(Some(other)) => panic!("expected the end of the stream, got {other:?}"),
-        Err(_) => panic!("the stream did not end in time"),
-    }
 }
 
 /// A plain hub, or a keyed one, behind one interface.
@@ -305,23 +267,14 @@ impl Server {
     /// Opens `path` as a browser does, with this `Last-Event-ID`, and waits (bounded) until
     /// the hub has subscribed it.
     async fn open(&mut self, path: &str, last_event_id: Option<&str>) -> Opened {
-        let mut client = Client::connect(self.addr, Proto::Http1).await;
-        let mut request = client.request(Method::GET, path);
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = client.send(request).await;
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/event-stream"
-        );
+        let (client, events) = open_stream(self.addr, path, last_event_id).await;
         let resume = timeout(BOUND, self.resumes.recv())
             .await
             .expect("the handler subscribes in time")
             .expect("the handler reports");
         Opened {
             client,
-            events: events_of(response.into_body()),
+            events,
             resume,
         }
     }
@@ -373,7 +326,7 @@ async fn ids_and_the_resume_window_are_per_key_on(backend: Backend<'_>) {
         .await
         .unwrap();
     let created = sent_id(&created);
-    let (epoch, number) = id_parts(&created);
+    let (epoch, number) = split_id(&created);
     assert_eq!(number, 1, "{backend}: a key's events count from 1");
 
     let mut newest_of = HashMap::new();
@@ -384,7 +337,7 @@ async fn ids_and_the_resume_window_are_per_key_on(backend: Backend<'_>) {
     }
     let mut epochs = HashSet::from([epoch.clone()]);
     for (key, id) in &newest_of {
-        let (other_epoch, number) = id_parts(id);
+        let (other_epoch, number) = split_id(id);
         assert_eq!(number, 50, "{backend}: {key} counts its own events");
         epochs.insert(other_epoch);
     }
@@ -486,7 +439,7 @@ async fn an_id_that_cannot_resume_gets_one_reset_on(backend: Backend<'_>) {
     for i in 1..=5 {
         ids.push(sent_id(&a.send("order-1", format!("o{i}")).await.unwrap()));
     }
-    let (epoch, _) = id_parts(&ids[0]);
+    let (epoch, _) = split_id(&ids[0]);
     let of_another_key = sent_id(&a.send("order-2", "o").await.unwrap());
     let of_another_hub = sent_id(&elsewhere.send("order-1", "o").await.unwrap());
 
@@ -590,7 +543,7 @@ async fn a_reset_before_any_event_has_an_id_that_resumes_on(
         assert_eq!(client.resume, Resume::Reset, "{backend}: {what}");
         let reset = next_event(&mut client.events).await;
         assert_eq!(reset.event, "reset", "{backend}: {what}");
-        let (epoch, number) = id_parts(&reset.id);
+        let (epoch, number) = split_id(&reset.id);
         assert_eq!(number, 0, "{backend}: {what} without events");
 
         let first = sent_id(&a.send(key, "first").await.unwrap());
@@ -685,7 +638,7 @@ async fn one_order_on(backend: Backend<'_>) {
             let first = orders.entry(key).or_insert_with(|| got.clone());
             assert_eq!(&got, first, "{backend}: subscribers of {key:?}");
             // Numbered 1, 2, 3, … in that order, in one epoch.
-            let (epoch, _) = id_parts(&got[0].1);
+            let (epoch, _) = split_id(&got[0].1);
             for (at, (_, id)) in got.iter().enumerate() {
                 assert_eq!(*id, format!("{epoch}-{}", at + 1), "{backend}: {key:?}");
             }
@@ -950,7 +903,7 @@ async fn idempotency_on(backend: Backend<'_>) {
         .await
         .unwrap();
     let (one, two) = (sent_id(&one), sent_id(&two));
-    assert_eq!(id_parts(&two).1, 1, "{backend}: order-2's first event");
+    assert_eq!(split_id(&two).1, 1, "{backend}: order-2's first event");
     for (hub, key, id) in [(&kb, "order-1", &one), (&ka, "order-2", &two)] {
         let repeat = hub.send_idempotent(key, "op-7", "again").await.unwrap();
         assert_eq!(
@@ -1017,7 +970,7 @@ async fn subscribe_all_on(backend: Backend<'_>) {
         key_ids.push(sent_id(&hub.send(key, format!("to {key}")).await.unwrap()));
     }
     let got = messages(&mut watcher.events, 5).await;
-    let (epoch, _) = id_parts(&got[0].1);
+    let (epoch, _) = split_id(&got[0].1);
     for (at, (data, id)) in got.iter().enumerate() {
         assert_eq!(data, &format!("to k{}", at + 1), "{backend}");
         assert_eq!(id, &format!("{epoch}-{}", at + 1), "{backend}: its own ids");
@@ -1070,7 +1023,7 @@ fn kept(entries: &[HistoryEntry]) -> Vec<Kept> {
         .iter()
         .map(|entry| {
             (
-                id_parts(entry.id()).1,
+                split_id(entry.id()).1,
                 entry.event().map(str::to_owned),
                 entry.data().to_owned(),
             )
@@ -1180,13 +1133,7 @@ async fn history_bytes_on(backend: Backend<'_>) {
     for _ in 0..6 {
         ids.push(sent_id(&a.send("0123456789").await.unwrap()));
     }
-    let recent: Vec<String> = b
-        .recent(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|entry| entry.id().to_owned())
-        .collect();
+    let recent = recent_ids(&b, 10).await;
     let mut resumes = Vec::new();
     for (missed, cursor) in [(2, &ids[3]), (3, &ids[2])] {
         let (conn, mut events) = connection(Some(cursor));
@@ -1262,9 +1209,9 @@ async fn linger_on(backend: Backend<'_>) {
             assert_eq!(a.subscribe("order-1", &conn).await, Resume::Reset);
             tokio::time::resume();
             let reset = next_event(&mut events).await;
-            let (epoch, number) = id_parts(&reset.id);
+            let (epoch, number) = split_id(&reset.id);
             assert_eq!(number, 0, "{backend}");
-            assert_ne!(epoch, id_parts(&created).0, "{backend}");
+            assert_ne!(epoch, split_id(&created).0, "{backend}");
         }
     }
 }
@@ -1287,15 +1234,8 @@ async fn a_name_taken_by_the_other_kind_of_hub_or_holding_braces_is_refused() {
     let rooms = plain("rooms");
     ready(rooms.ready()).await;
     let clash = keyed("rooms");
-    let error = timeout(BOUND, clash.ready())
-        .await
-        .expect("ready answers in time")
-        .expect_err("a keyed hub under a plain hub's name");
-    let message = error.to_string();
-    assert!(
-        message.contains("plain") && message.contains("keyed"),
-        "names the kinds: {message}"
-    );
+    let error = not_ready(clash.ready(), "a keyed hub under a plain hub's name").await;
+    assert_names_the_kinds(&error);
     let send = clash.send("lobby", "x").await;
     assert!(matches!(send, Err(SendError::NotStored(_))), "{send:?}");
     rooms.send("still works").await.unwrap();
@@ -1304,15 +1244,8 @@ async fn a_name_taken_by_the_other_kind_of_hub_or_holding_braces_is_refused() {
     let halls = keyed("halls");
     halls.send("lobby", "first").await.unwrap();
     let clash = plain("halls");
-    let error = timeout(BOUND, clash.ready())
-        .await
-        .expect("ready answers in time")
-        .expect_err("a plain hub under a keyed hub's name");
-    let message = error.to_string();
-    assert!(
-        message.contains("plain") && message.contains("keyed"),
-        "names the kinds: {message}"
-    );
+    let error = not_ready(clash.ready(), "a plain hub under a keyed hub's name").await;
+    assert_names_the_kinds(&error);
     let send = clash.send("x").await;
     assert!(matches!(send, Err(SendError::NotStored(_))), "{send:?}");
     halls.send("lobby", "still works").await.unwrap();
@@ -1320,18 +1253,12 @@ async fn a_name_taken_by_the_other_kind_of_hub_or_holding_braces_is_refused() {
     // Braces would change the hash tag that keeps a hub's keys in one slot.
     for name in ["a{b", "a}b", "{rooms}"] {
         let hub = plain(name);
-        let error = timeout(BOUND, hub.ready())
-            .await
-            .expect("ready answers in time")
-            .expect_err("a name with a brace");
+        let error = not_ready(hub.ready(), "a name with a brace").await;
         assert!(error.to_string().contains(name), "{error}");
         let send = hub.send("x").await;
         assert!(matches!(send, Err(SendError::NotStored(_))), "{send:?}");
         let hub = keyed(name);
-        let error = timeout(BOUND, hub.ready())
-            .await
-            .expect("ready answers in time")
-            .expect_err("a name with a brace");
+        let error = not_ready(hub.ready(), "a name with a brace").await;
         assert!(error.to_string().contains(name), "{error}");
     }
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -1343,6 +1270,15 @@ async fn a_name_taken_by_the_other_kind_of_hub_or_holding_braces_is_refused() {
         keys.iter()
             .all(|key| !key.starts_with("{a") && !key.starts_with("{{")),
         "nothing stored for a refused name: {keys:?}"
+    );
+}
+
+/// Checks that a name refused for a hub of the other kind says so, naming both kinds.
+fn assert_names_the_kinds(error: &BackendError) {
+    let message = error.to_string();
+    assert!(
+        message.contains("plain") && message.contains("keyed"),
+        "names the kinds: {message}"
     );
 }
 
@@ -1400,15 +1336,17 @@ impl Drop for Guarded {
     }
 }
 
-/// The error and the errors it comes from, as text.
-fn error_texts(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+/// Checks that `secret` shows nowhere in the error, nor in the errors it comes from.
+fn assert_hides(error: &(dyn std::error::Error + 'static), secret: &str) {
     let mut texts = vec![error.to_string(), format!("{error:?}")];
     let mut source = error.source();
     while let Some(cause) = source {
         texts.push(cause.to_string());
         source = cause.source();
     }
-    texts
+    for text in texts {
+        assert!(!text.contains(secret), "the password shows in {text:?}");
+    }
 }
 
 #[tokio::test]
@@ -1420,38 +1358,24 @@ async fn a_wrong_password_is_reported_without_the_password() {
         .history(10)
         .response_timeout(Duration::from_secs(1));
     let hub = template.clone().redis(redis.client(WRONG), "news").build();
-    let error = timeout(BOUND, hub.ready())
-        .await
-        .expect("ready answers in time")
-        .expect_err("a wrong password");
-    for text in error_texts(&error) {
-        assert!(!text.contains(WRONG), "the password shows in {text:?}");
-    }
+    let error = not_ready(hub.ready(), "a wrong password").await;
+    assert_hides(&error, WRONG);
     let send = timeout(BOUND, hub.send("x"))
         .await
         .expect("a send answers in time");
     let error = send.expect_err("a wrong password");
     assert!(matches!(error, SendError::NotStored(_)), "{error:?}");
-    for text in error_texts(&error) {
-        assert!(!text.contains(WRONG), "the password shows in {text:?}");
-    }
+    assert_hides(&error, WRONG);
     assert!(!format!("{hub:?}").contains(WRONG));
 
     let keyed: KeyedBroadcast<String> = KeyedBroadcast::builder(template)
         .redis(redis.client(WRONG), "orders")
         .build();
-    let error = timeout(BOUND, keyed.ready())
-        .await
-        .expect("ready answers in time")
-        .expect_err("a wrong password");
-    for text in error_texts(&error) {
-        assert!(!text.contains(WRONG), "the password shows in {text:?}");
-    }
+    let error = not_ready(keyed.ready(), "a wrong password").await;
+    assert_hides(&error, WRONG);
     let error = keyed
         .send("order-1", "x")
         .await
         .expect_err("a wrong password");
-    for text in error_texts(&error) {
-        assert!(!text.contains(WRONG), "the password shows in {text:?}");
-    }
+    assert_hides(&error, WRONG);
 }

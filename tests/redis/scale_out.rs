@@ -1,11 +1,13 @@
 //! The tests themselves; see `tests/redis.rs`.
 
-use crate::common::{next_event, read_events, Client, Events, Proto, BOUND};
+use crate::common::{
+    assert_ends, next_event, open_stream, read_events, recent_ids, serve_axum, split_id, Client,
+    Events, BOUND,
+};
 use crate::server::{Proxy, RedisServer};
 use axum::{body::Body, Router};
-use futures_util::{future::join_all, Stream, StreamExt};
-use http::{header, HeaderMap, Request};
-use http_body_util::BodyExt;
+use futures_util::{future::join_all, StreamExt};
+use http::{HeaderMap, Request};
 use redis::aio::MultiplexedConnection;
 use std::{
     collections::HashMap,
@@ -13,7 +15,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch, time::timeout};
+use tokio::{sync::watch, time::timeout};
 use tower_eventsource::{
     Broadcast, BroadcastBuilder, Connection, EventSource, KeyedBroadcast, Resume, SendError,
     SlowClient,
@@ -43,6 +45,63 @@ async fn rooms(client: redis::Client, history: usize) -> KeyedBroadcast<String> 
     hub
 }
 
+/// Instances A (on `redis`) and B (through `b_via`) of the hub "chat", keeping `history`
+/// events, with B served and a client of B subscribed to `/events`, once both hubs' readers
+/// wait for new entries: A, B, B's address and the client's stream.
+async fn two_instances(
+    redis: &RedisServer,
+    b_via: redis::Client,
+    history: usize,
+) -> (Broadcast, Broadcast, SocketAddr, (Client, Events)) {
+    let a = chat(redis.client(), history).await;
+    let b = chat(b_via, history).await;
+    let addr_b = serve(Hub::One(b.clone())).await;
+    let subscribed = open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
+    readers_ready(redis, 2).await;
+    (a, b, addr_b, subscribed)
+}
+
+/// Instances A and B of the keyed hub "rooms", keeping `history` events of each key, with B
+/// served and a client of B subscribed to each of `keys`, once both hubs' readers wait for new
+/// entries: A, B, B's address and the clients' streams.
+async fn two_rooms<const N: usize>(
+    redis: &RedisServer,
+    history: usize,
+    keys: [&str; N],
+) -> (
+    KeyedBroadcast<String>,
+    KeyedBroadcast<String>,
+    SocketAddr,
+    [(Client, Events); N],
+) {
+    let a = rooms(redis.client(), history).await;
+    let b = rooms(redis.client(), history).await;
+    let addr_b = serve(Hub::Keyed(b.clone())).await;
+    let mut clients = Vec::new();
+    for key in keys {
+        let path = format!("/events/{key}");
+        clients.push(open_subscribed(addr_b, &path, None, || b.stats().totals.subscribers).await);
+    }
+    readers_ready(redis, 2).await;
+    let clients = clients
+        .try_into()
+        .unwrap_or_else(|_| panic!("a client for each key"));
+    (a, b, addr_b, clients)
+}
+
+/// Instances A and B of the hub "chat", keeping 100 events, both served, once both hubs'
+/// readers wait for new entries: A, B and their addresses.
+async fn both_served(redis: &RedisServer) -> (Broadcast, Broadcast, SocketAddr, SocketAddr) {
+    let a = chat(redis.client(), 100).await;
+    let b = chat(redis.client(), 100).await;
+    let (addr_a, addr_b) = (
+        serve(Hub::One(a.clone())).await,
+        serve(Hub::One(b.clone())).await,
+    );
+    readers_ready(redis, 2).await;
+    (a, b, addr_a, addr_b)
+}
+
 /// Serves `GET /events` (and `/events/KEY` for a keyed hub) on 127.0.0.1.
 async fn serve(hub: Hub) -> SocketAddr {
     let handler = move |conn: Connection, req: Request<Body>| {
@@ -64,33 +123,13 @@ async fn serve(hub: Hub) -> SocketAddr {
     let app = Router::new()
         .route_service("/events", events.clone())
         .route_service("/events/{key}", events);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
+    serve_axum(app).await
 }
 
 #[derive(Clone)]
 enum Hub {
     One(Broadcast),
     Keyed(KeyedBroadcast<String>),
-}
-
-/// A client's stream of events from `path`, resuming from `last_event_id`.
-async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> (Client, Events) {
-    let mut client = Client::connect(addr, Proto::Http1).await;
-    let mut request = client.request(http::Method::GET, path);
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id);
-    }
-    let response = client.send(request).await;
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
-    (client, read_events(response.into_body()))
 }
 
 /// Opens a stream and waits until the hub has subscribed it.
@@ -101,7 +140,7 @@ async fn open_subscribed(
     subscribers: impl Fn() -> usize,
 ) -> (Client, Events) {
     let before = subscribers();
-    let opened = open(addr, path, last_event_id).await;
+    let opened = open_stream(addr, path, last_event_id).await;
     wait_for(|| subscribers() > before).await;
     opened
 }
@@ -186,28 +225,15 @@ async fn expect_reset(events: &mut Events) -> String {
     reset.id
 }
 
-/// An id's epoch and number: `<epoch>-<number>`.
-fn position(id: &str) -> (&str, u64) {
-    let (epoch, number) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("no id: {id:?}"));
-    assert!(
-        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
-        "no epoch in {id:?}"
-    );
-    (
-        epoch,
-        number
-            .parse()
-            .unwrap_or_else(|_| panic!("no number in {id:?}")),
-    )
-}
-
 /// Checks that `ids` are the ids `first`, `first + 1`, … of one numbering; returns its epoch.
-fn assert_numbered(ids: &[String], first: u64) -> &str {
-    let epoch = position(&ids[0]).0;
+fn assert_numbered(ids: &[String], first: u64) -> String {
+    let epoch = split_id(&ids[0]).0;
     for (at, id) in ids.iter().enumerate() {
-        assert_eq!(position(id), (epoch, first + at as u64), "in {ids:?}");
+        assert_eq!(
+            split_id(id),
+            (epoch.clone(), first + at as u64),
+            "in {ids:?}"
+        );
     }
     epoch
 }
@@ -222,6 +248,15 @@ async fn query<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, comma
         .await
         .expect("Redis answers in time")
         .unwrap_or_else(|error| panic!("{command:?}: {error}"))
+}
+
+/// Kills every normal connection to Redis but `admin`'s own; returns how many it killed.
+async fn kill_connections(admin: &mut MultiplexedConnection) -> usize {
+    query(
+        admin,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+    )
+    .await
 }
 
 /// Redis's connections, each as its `CLIENT LIST` fields.
@@ -306,13 +341,7 @@ async fn stream_len(redis: &RedisServer, key: &str) -> usize {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_publish_on_either_instance_reaches_clients_of_both_with_the_same_ids() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let (addr_a, addr_b) = (
-        serve(Hub::One(a.clone())).await,
-        serve(Hub::One(b.clone())).await,
-    );
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_a, addr_b) = both_served(&redis).await;
     let (_ca, mut on_a) = open_subscribed(addr_a, "/events", None, || a.stats().subscribers).await;
     let (_cb, mut on_b) = open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
 
@@ -333,13 +362,7 @@ async fn a_publish_on_either_instance_reaches_clients_of_both_with_the_same_ids(
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn resuming_on_the_other_instance_from_an_id_got_on_the_first_is_exact() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let (addr_a, addr_b) = (
-        serve(Hub::One(a.clone())).await,
-        serve(Hub::One(b.clone())).await,
-    );
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_a, addr_b) = both_served(&redis).await;
 
     let (client, mut on_a) =
         open_subscribed(addr_a, "/events", None, || a.stats().subscribers).await;
@@ -360,7 +383,7 @@ async fn resuming_on_the_other_instance_from_an_id_got_on_the_first_is_exact() {
     expect_ending(&mut watcher, &["3", "4", "5"]).await;
 
     let xrange = calls(&redis, "xrange").await;
-    let (_client, mut on_b) = open(addr_b, "/events", Some(&seen[1])).await;
+    let (_client, mut on_b) = open_stream(addr_b, "/events", Some(&seen[1])).await;
     assert_eq!(expect(&mut on_b, &["3", "4", "5"]).await, published[2..]);
     publish(&b, "6").await;
     expect(&mut on_b, &["6"]).await;
@@ -394,7 +417,7 @@ async fn a_cursor_older_than_the_local_history_is_replayed_from_redis() {
     }
     expect(&mut watcher, &["4", "5", "6"]).await;
 
-    let (_client, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
+    let (_client, mut resumed) = open_stream(addr_b, "/events", Some(&ids[0])).await;
     let got = expect(&mut resumed, &["2", "3", "4", "5", "6"]).await;
     assert_eq!(got, ids[1..]);
     ids.push(publish(&a, "7").await);
@@ -409,12 +432,7 @@ async fn a_cursor_older_than_the_local_history_is_replayed_from_redis() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_cursor_further_back_than_the_history_window_gets_the_reset() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 2).await;
-    let b = chat(redis.client(), 2).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_b, (_watch, mut watcher)) = two_instances(&redis, redis.client(), 2).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3", "4", "5"] {
         ids.push(publish(&a, text).await);
@@ -423,16 +441,16 @@ async fn a_cursor_further_back_than_the_history_window_gets_the_reset() {
     // Redis still holds every event, but the window is the last two.
     assert_eq!(stream_len(&redis, "{chat}").await, 5);
 
-    let (_c1, mut too_old) = open(addr_b, "/events", Some(&ids[0])).await;
+    let (_c1, mut too_old) = open_stream(addr_b, "/events", Some(&ids[0])).await;
     assert_eq!(expect_reset(&mut too_old).await, ids[4]);
     ids.push(publish(&a, "6").await);
     expect(&mut too_old, &["6"]).await;
     expect(&mut watcher, &["6"]).await;
     // "3" is third from the newest ("6"): out of the window.
-    let (_c2, mut just_out) = open(addr_b, "/events", Some(&ids[2])).await;
+    let (_c2, mut just_out) = open_stream(addr_b, "/events", Some(&ids[2])).await;
     assert_eq!(expect_reset(&mut just_out).await, ids[5]);
     // "4" is the oldest id the window resumes from: "5" and "6" follow it.
-    let (_c3, mut edge) = open(addr_b, "/events", Some(&ids[3])).await;
+    let (_c3, mut edge) = open_stream(addr_b, "/events", Some(&ids[3])).await;
     assert_eq!(expect(&mut edge, &["5", "6"]).await, ids[4..]);
     let stats = b.stats();
     assert_eq!((stats.resets, stats.replays), (2, 1));
@@ -440,9 +458,9 @@ async fn a_cursor_further_back_than_the_history_window_gets_the_reset() {
     // The same on an instance that holds none of them: the window is Redis's.
     let c = chat(redis.client(), 2).await;
     let addr_c = serve(Hub::One(c.clone())).await;
-    let (_c4, mut from_redis) = open(addr_c, "/events", Some(&ids[3])).await;
+    let (_c4, mut from_redis) = open_stream(addr_c, "/events", Some(&ids[3])).await;
     assert_eq!(expect(&mut from_redis, &["5", "6"]).await, ids[4..]);
-    let (_c5, mut out) = open(addr_c, "/events", Some(&ids[2])).await;
+    let (_c5, mut out) = open_stream(addr_c, "/events", Some(&ids[2])).await;
     assert_eq!(expect_reset(&mut out).await, ids[5]);
     let stats = c.stats();
     assert_eq!((stats.replays_from_backend, stats.resets), (1, 1));
@@ -483,7 +501,7 @@ async fn follow(
             }
             Some(Err(error)) => panic!("stream error {error}"),
             None => {
-                let (client, stream) = open(addr, "/events", last.as_deref()).await;
+                let (client, stream) = open_stream(addr, "/events", last.as_deref()).await;
                 _client = Some(client);
                 events = stream;
             }
@@ -495,10 +513,10 @@ async fn follow(
 /// numbering (`ids`, sent with `texts`) after it, all of them when the reset's id is the
 /// numbering's start.
 fn after_reset<'a>(reset_id: &str, ids: &[String], texts: &[&'a str]) -> Vec<&'a str> {
-    let (epoch, at) = position(reset_id);
+    let (epoch, at) = split_id(reset_id);
     assert_eq!(
         epoch,
-        position(&ids[0]).0,
+        split_id(&ids[0]).0,
         "the reset is of the new numbering"
     );
     assert!(
@@ -507,7 +525,7 @@ fn after_reset<'a>(reset_id: &str, ids: &[String], texts: &[&'a str]) -> Vec<&'a
     );
     ids.iter()
         .zip(texts)
-        .filter(|(id, _)| position(id).1 > at)
+        .filter(|(id, _)| split_id(id).1 > at)
         .map(|(_, text)| *text)
         .collect()
 }
@@ -516,12 +534,7 @@ fn after_reset<'a>(reset_id: &str, ids: &[String], texts: &[&'a str]) -> Vec<&'a
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn trimming_past_a_cursor_gets_the_reset_and_delivery_goes_on() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_watch, mut watcher) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, _b, _, (_watch, mut watcher)) = two_instances(&redis, redis.client(), 100).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3"] {
         ids.push(publish(&a, text).await);
@@ -533,10 +546,10 @@ async fn trimming_past_a_cursor_gets_the_reset_and_delivery_goes_on() {
     // An instance whose own history does not hold them resumes through Redis.
     let c = chat(redis.client(), 100).await;
     let addr_c = serve(Hub::One(c.clone())).await;
-    let (_c1, mut past) = open(addr_c, "/events", Some(&ids[0])).await;
+    let (_c1, mut past) = open_stream(addr_c, "/events", Some(&ids[0])).await;
     assert_eq!(expect_reset(&mut past).await, ids[2]);
     // A cursor the trim left whole still resumes.
-    let (_c2, mut kept) = open(addr_c, "/events", Some(&ids[1])).await;
+    let (_c2, mut kept) = open_stream(addr_c, "/events", Some(&ids[1])).await;
     assert_eq!(expect(&mut kept, &["3"]).await, ids[2..]);
     ids.push(publish(&a, "4").await);
     for events in [&mut past, &mut kept, &mut watcher] {
@@ -551,12 +564,7 @@ async fn trimming_past_a_cursor_gets_the_reset_and_delivery_goes_on() {
 async fn a_stream_trimmed_past_a_stalled_reader_gets_one_reset_and_delivery_goes_on() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(&redis).await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(proxy.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_b, (_client, mut events)) = two_instances(&redis, proxy.client(), 100).await;
     publish(&a, "1").await;
     let seen = expect(&mut events, &["1"]).await;
 
@@ -583,12 +591,12 @@ async fn a_stream_trimmed_past_a_stalled_reader_gets_one_reset_and_delivery_goes
     assert_eq!(resets, 1);
     // The reset's id is never before the last lost event ("3"), and the client gets exactly
     // what follows it.
-    let (epoch, reset_at) = position(&reset_id);
-    assert_eq!(epoch, position(&lost[2]).0);
-    assert!(position(&lost[1]).1 <= reset_at && reset_at <= position(&id).1);
+    let (epoch, reset_at) = split_id(&reset_id);
+    assert_eq!(epoch, split_id(&lost[2]).0);
+    assert!(split_id(&lost[1]).1 <= reset_at && reset_at <= split_id(&id).1);
     let after: Vec<&str> = [(&lost[2], "4"), (&id, "5")]
         .into_iter()
-        .filter(|(id, _)| position(id).1 > reset_at)
+        .filter(|(id, _)| split_id(id).1 > reset_at)
         .map(|(_, text)| text)
         .collect();
     assert_eq!(texts, after);
@@ -599,12 +607,7 @@ async fn a_stream_trimmed_past_a_stalled_reader_gets_one_reset_and_delivery_goes
 /// gets exactly one reset, then every event of the new numbering after the reset's id.
 async fn losing_the_history_gives_one_reset(lose: &[&str]) {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_b, (_client, mut events)) = two_instances(&redis, redis.client(), 100).await;
     publish(&a, "1").await;
     let seen = expect(&mut events, &["1"]).await;
     let _: redis::Value = query(&mut redis.conn().await, lose).await;
@@ -618,7 +621,7 @@ async fn losing_the_history_gives_one_reset(lose: &[&str]) {
     ids.push(publish(&a, "3").await);
     ids.push(publish(&b, "4").await);
     assert_numbered(&ids, 1);
-    assert_ne!(position(&ids[0]).0, position(&seen[0]).0, "a new epoch");
+    assert_ne!(split_id(&ids[0]).0, split_id(&seen[0]).0, "a new epoch");
     until_tx.send_replace(ids.last().cloned());
     let (resets, reset_id, texts) = timeout(BOUND * 2, follower)
         .await
@@ -667,7 +670,7 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
     assert!(lost.is_err(), "{lost:?}");
     assert!(a.ready().await.is_err());
     assert_eq!(b.stats().subscribers, 1);
-    let (_other, resumed) = open(addr_b, "/events", Some(&ids[0])).await;
+    let (_other, resumed) = open_stream(addr_b, "/events", Some(&ids[0])).await;
     wait_for(|| b.stats().replays == 1).await;
 
     redis.run().await;
@@ -693,12 +696,7 @@ async fn redis_killed_and_restarted_empty_gives_one_reset_and_delivery_goes_on()
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn with_appendfsync_always_a_crash_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start_with(true).await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, (_client, mut events)) = two_instances(&redis, redis.client(), 100).await;
     let mut ids = Vec::new();
     for text in ["1", "2", "3"] {
         ids.push(publish(&a, text).await);
@@ -714,17 +712,10 @@ async fn with_appendfsync_always_a_crash_loses_nothing_acknowledged() {
     // that never saw them replays them from Redis.
     let c = chat(redis.client(), 100).await;
     let addr_c = serve(Hub::One(c.clone())).await;
-    let (_other, mut resumed) = open(addr_c, "/events", Some(&ids[0])).await;
+    let (_other, mut resumed) = open_stream(addr_c, "/events", Some(&ids[0])).await;
     assert_eq!(expect(&mut resumed, &["2", "3", "4"]).await, ids[1..]);
     assert_eq!(c.stats().replays_from_backend, 1);
-    let recent: Vec<String> = a
-        .recent(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|entry| entry.id().to_owned())
-        .collect();
-    assert_eq!(recent, ids);
+    assert_eq!(recent_ids(&a, 10).await, ids);
     assert_eq!(b.stats().stream_resets, 0);
     assert_eq!(b.stats().resets, 0);
 }
@@ -733,21 +724,12 @@ async fn with_appendfsync_always_a_crash_loses_nothing_acknowledged() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_killed_reader_connection_is_survived_with_no_visible_break() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, (_client, mut events)) = two_instances(&redis, redis.client(), 100).await;
     publish(&a, "1").await;
     expect(&mut events, &["1"]).await;
 
     let mut admin = redis.conn().await;
-    let killed: usize = query(
-        &mut admin,
-        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
-    )
-    .await;
+    let killed = kill_connections(&mut admin).await;
     assert!(
         killed >= 4,
         "the readers' and publishers' connections were killed: {killed}"
@@ -765,12 +747,7 @@ async fn a_killed_reader_connection_is_survived_with_no_visible_break() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_retried_send_with_the_same_idempotency_key_stores_one_entry() {
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, (_client, mut events)) = two_instances(&redis, redis.client(), 100).await;
     let first = a.send_idempotent("order-17", "paid").await.unwrap();
     let again = b.send_idempotent("order-17", "paid").await.unwrap();
     assert_eq!(first.id(), again.id());
@@ -787,13 +764,8 @@ async fn a_retried_send_with_the_same_idempotency_key_stores_one_entry() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     let redis = RedisServer::start().await;
-    let a = rooms(redis.client(), 2).await;
-    let b = rooms(redis.client(), 2).await;
-    let addr_b = serve(Hub::Keyed(b.clone())).await;
-    let subscribers = || b.stats().totals.subscribers;
-    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, subscribers).await;
-    let (_c2, mut bob) = open_subscribed(addr_b, "/events/bob", None, subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_b, [(_c1, mut alice), (_c2, mut bob)]) =
+        two_rooms(&redis, 2, ["alice", "bob"]).await;
 
     let mut alice_ids = Vec::new();
     let mut bob_ids = Vec::new();
@@ -822,9 +794,9 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     }
     let c = rooms(redis.client(), 2).await;
     let addr_c = serve(Hub::Keyed(c.clone())).await;
-    let (_c3, mut on_c) = open(addr_c, "/events/alice", Some(&alice_ids[1])).await;
+    let (_c3, mut on_c) = open_stream(addr_c, "/events/alice", Some(&alice_ids[1])).await;
     assert_eq!(expect(&mut on_c, &["a3"]).await, alice_ids[2..]);
-    let (_c4, mut on_b) = open(addr_b, "/events/alice", Some(&alice_ids[1])).await;
+    let (_c4, mut on_b) = open_stream(addr_b, "/events/alice", Some(&alice_ids[1])).await;
     assert_eq!(expect(&mut on_b, &["a3"]).await, alice_ids[2..]);
     alice_ids.push(publish_to(&a, "alice", "a4").await);
     for events in [&mut on_c, &mut on_b, &mut alice] {
@@ -834,7 +806,7 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
     let on_b_stats = b.key_stats("alice").expect("alice is a key of B");
     assert_eq!((on_b_stats.replays, on_b_stats.resets), (1, 0));
     // Out of alice's window: the reset.
-    let (_c5, mut old) = open(addr_c, "/events/alice", Some(&alice_ids[0])).await;
+    let (_c5, mut old) = open_stream(addr_c, "/events/alice", Some(&alice_ids[0])).await;
     assert_eq!(expect_reset(&mut old).await, alice_ids[3]);
 }
 
@@ -842,15 +814,8 @@ async fn a_keyed_hub_delivers_and_resumes_per_key_across_instances() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn an_id_of_another_key_gets_the_reset() {
     let redis = RedisServer::start().await;
-    let a = rooms(redis.client(), 100).await;
-    let b = rooms(redis.client(), 100).await;
-    let addr_b = serve(Hub::Keyed(b.clone())).await;
     // Alice has a live client on B, so B keeps her history.
-    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, || {
-        b.stats().totals.subscribers
-    })
-    .await;
-    readers_ready(&redis, 2).await;
+    let (a, b, addr_b, [(_c1, mut alice)]) = two_rooms(&redis, 100, ["alice"]).await;
     let mut bob_ids = Vec::new();
     for (key, text) in [
         ("bob", "b1"),
@@ -864,17 +829,17 @@ async fn an_id_of_another_key_gets_the_reset() {
         }
     }
     let alice_ids = expect(&mut alice, &["a1", "a2"]).await;
-    let alice_epoch = position(&alice_ids[0]).0;
+    let alice_epoch = split_id(&alice_ids[0]).0;
 
     // Bob's ids are numbers alice's events also have, but never cursors of alice's; nor is a
     // number alice never reached.
     let forged = format!("{alice_epoch}-99");
     for cursor in bob_ids.iter().chain([&forged]) {
-        let (_c, mut stolen) = open(addr_b, "/events/alice", Some(cursor)).await;
+        let (_c, mut stolen) = open_stream(addr_b, "/events/alice", Some(cursor)).await;
         assert_eq!(expect_reset(&mut stolen).await, alice_ids[1]);
     }
     // Her own ids still resume exactly, from the local history.
-    let (_c2, mut resumed) = open(addr_b, "/events/alice", Some(&alice_ids[0])).await;
+    let (_c2, mut resumed) = open_stream(addr_b, "/events/alice", Some(&alice_ids[0])).await;
     assert_eq!(expect(&mut resumed, &["a2"]).await, alice_ids[1..]);
     let stats = b.key_stats("alice").expect("alice is a key of B");
     assert_eq!((stats.resets, stats.replays), (3, 1));
@@ -884,13 +849,8 @@ async fn an_id_of_another_key_gets_the_reset() {
 #[ignore = "needs redis-server: run with --include-ignored"]
 async fn a_keyed_idempotency_key_is_per_key() {
     let redis = RedisServer::start().await;
-    let a = rooms(redis.client(), 100).await;
-    let b = rooms(redis.client(), 100).await;
-    let addr_b = serve(Hub::Keyed(b.clone())).await;
-    let subscribers = || b.stats().totals.subscribers;
-    let (_c1, mut alice) = open_subscribed(addr_b, "/events/alice", None, subscribers).await;
-    let (_c2, mut bob) = open_subscribed(addr_b, "/events/bob", None, subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, [(_c1, mut alice), (_c2, mut bob)]) =
+        two_rooms(&redis, 100, ["alice", "bob"]).await;
 
     let for_alice = a
         .send_idempotent("alice", "op-1", "for alice")
@@ -973,12 +933,7 @@ async fn deliveries_count_each_event_of_what_a_reader_gets_at_once() {
     const EVENTS: usize = 10;
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(&redis).await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(proxy.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, (_client, mut events)) = two_instances(&redis, proxy.client(), 100).await;
     stall_readers(&redis, &proxy, 1).await;
     let texts: Vec<String> = (0..EVENTS).map(|at| format!("e{at}")).collect();
     for text in &texts {
@@ -995,20 +950,6 @@ async fn deliveries_count_each_event_of_what_a_reader_gets_at_once() {
     );
 }
 
-/// Reads Server-Sent Events from a response body of this crate's.
-fn events_of<B>(body: B) -> impl Stream<Item = eventsource_stream::Event> + Unpin
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Debug + Send,
-{
-    use eventsource_stream::Eventsource;
-    Box::pin(
-        body.into_data_stream()
-            .eventsource()
-            .map(|event| event.expect("the stream parses")),
-    )
-}
-
 /// Sends `count` events on `hub` all at once; returns their ids and texts.
 async fn burst(hub: &Broadcast, prefix: &str, count: usize) -> HashMap<String, String> {
     let texts: Vec<String> = (0..count).map(|at| format!("{prefix}{at}")).collect();
@@ -1021,18 +962,12 @@ async fn burst(hub: &Broadcast, prefix: &str, count: usize) -> HashMap<String, S
 }
 
 /// Reads `sent.len()` events, which must be those sent, in the order of their numbers from 1.
-async fn expect_all_from_the_first(
-    events: &mut (impl Stream<Item = eventsource_stream::Event> + Unpin),
-    sent: &HashMap<String, String>,
-) {
+async fn expect_all_from_the_first(events: &mut Events, sent: &HashMap<String, String>) {
     let mut epoch = None;
     for number in 1..=sent.len() as u64 {
-        let event = timeout(BOUND, events.next())
-            .await
-            .expect("an event arrives in time")
-            .expect("the stream has not ended");
-        let (its_epoch, its_number) = position(&event.id);
-        assert_eq!(*epoch.get_or_insert(its_epoch.to_owned()), its_epoch);
+        let event = next_event(events).await;
+        let (its_epoch, its_number) = split_id(&event.id);
+        assert_eq!(*epoch.get_or_insert(its_epoch.clone()), its_epoch);
         assert_eq!(its_number, number, "{event:?}");
         assert_eq!(event.data, sent[&event.id]);
     }
@@ -1043,14 +978,8 @@ async fn expect_all_from_the_first(
 async fn a_subscriber_of_a_new_hub_gets_every_event_from_the_first() {
     let redis = RedisServer::start().await;
     // Subscribed on B before the hub has any event; A sends many at once.
-    let a = chat(redis.client(), 1000).await;
-    let b = chat(redis.client(), 1000).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, b, _, (_client, mut events)) = two_instances(&redis, redis.client(), 1000).await;
     let sent = burst(&a, "x", 600).await;
-    let mut events = events.map(|event| event.expect("the stream parses"));
     expect_all_from_the_first(&mut events, &sent).await;
     let stats = b.stats();
     assert_eq!((stats.slow_disconnects, stats.events_sent), (0, 600));
@@ -1080,14 +1009,8 @@ async fn a_subscriber_of_a_hub_just_built_gets_every_event_sent_after_it_subscri
         "answered within the response timeout"
     );
     assert!(early.is_closed());
-    let mut early_events = events_of(response.into_body());
-    let ended = timeout(BOUND, early_events.next())
-        .await
-        .expect("ends in time");
-    assert!(
-        ended.is_none(),
-        "the early stream ends with no event: {ended:?}"
-    );
+    // The early stream ends with no event.
+    assert_ends(&mut read_events(response.into_body())).await;
     // Once it has looked, a subscriber gets every event stored after it subscribed, even a
     // burst sent at once.
     proxy.release();
@@ -1096,7 +1019,7 @@ async fn a_subscriber_of_a_hub_just_built_gets_every_event_sent_after_it_subscri
     let mut sent = burst(&a, "x", 600).await;
     let last = publish(&a, "last").await;
     sent.insert(last, "last".to_owned());
-    let mut events = events_of(response.into_body());
+    let mut events = read_events(response.into_body());
     expect_all_from_the_first(&mut events, &sent).await;
 }
 
@@ -1152,10 +1075,7 @@ async fn dropping_the_last_clone_of_a_hub_stops_its_reader() {
     let (conn, response) = EventSource::new().connect(&HeaderMap::new());
     assert_eq!(plain_clones[0].subscribe(&conn).await, Resume::Live);
     let id = publish(&plain_clones[0], "still here").await;
-    let event = timeout(BOUND, events_of(response.into_body()).next())
-        .await
-        .expect("an event arrives in time")
-        .expect("the stream has not ended");
+    let event = next_event(&mut read_events(response.into_body())).await;
     assert_eq!(
         (event.data.as_str(), event.id.as_str()),
         ("still here", id.as_str())
@@ -1180,11 +1100,9 @@ async fn the_largest_history_works() {
     assert_numbered(&ids, 1);
     let b = chat(redis.client(), usize::MAX).await;
     let addr_b = serve(Hub::One(b.clone())).await;
-    let (_c1, mut resumed) = open(addr_b, "/events", Some(&ids[0])).await;
+    let (_c1, mut resumed) = open_stream(addr_b, "/events", Some(&ids[0])).await;
     assert_eq!(expect(&mut resumed, &["2", "3"]).await, ids[1..]);
-    let recent = b.recent(usize::MAX).await.unwrap();
-    let recent: Vec<&str> = recent.iter().map(|entry| entry.id()).collect();
-    assert_eq!(recent, ids);
+    assert_eq!(recent_ids(&b, usize::MAX).await, ids);
 
     let keyed = rooms(redis.client(), usize::MAX).await;
     let other = rooms(redis.client(), usize::MAX).await;
@@ -1194,7 +1112,7 @@ async fn the_largest_history_works() {
         ids.push(publish_to(&keyed, "alice", text).await);
     }
     assert_numbered(&ids, 1);
-    let (_c2, mut resumed) = open(addr, "/events/alice", Some(&ids[0])).await;
+    let (_c2, mut resumed) = open_stream(addr, "/events/alice", Some(&ids[0])).await;
     assert_eq!(expect(&mut resumed, &["k2", "k3"]).await, ids[1..]);
     let recent = other.recent("alice", usize::MAX).await.unwrap();
     assert_eq!(recent.len(), 3);
@@ -1269,21 +1187,12 @@ async fn a_hub_and_a_keyed_hub_cannot_share_a_name() {
 async fn the_send_after_its_connection_was_killed_succeeds() {
     const KILLS: usize = 20;
     let redis = RedisServer::start().await;
-    let a = chat(redis.client(), 100).await;
-    let b = chat(redis.client(), 100).await;
-    let addr_b = serve(Hub::One(b.clone())).await;
-    let (_client, mut events) =
-        open_subscribed(addr_b, "/events", None, || b.stats().subscribers).await;
-    readers_ready(&redis, 2).await;
+    let (a, _b, _, (_client, mut events)) = two_instances(&redis, redis.client(), 100).await;
     let mut admin = redis.conn().await;
     let mut ids = Vec::new();
     let texts: Vec<String> = (0..KILLS).map(|at| format!("after kill {at}")).collect();
     for text in &texts {
-        let killed: usize = query(
-            &mut admin,
-            &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
-        )
-        .await;
+        let killed = kill_connections(&mut admin).await;
         assert!(
             killed >= 1,
             "at least the publisher's connection was killed"
