@@ -129,8 +129,6 @@ pub struct KeyedBroadcast<K> {
 
 struct Inner<K> {
     settings: Arc<Settings>,
-    history: bool,
-    linger: Duration,
     backend: Option<Arc<dyn Backend>>,
     /// The name a backend knows a key by; set with the backend.
     name: Option<fn(&K) -> String>,
@@ -223,9 +221,7 @@ where
             .map(|connector| connector.start(Arc::clone(&settings), true));
         KeyedBroadcast {
             inner: Arc::new(Inner {
-                history: self.template.has_history(),
                 settings,
-                linger: self.linger,
                 backend,
                 name: self.name,
                 all: OnceLock::new(),
@@ -466,7 +462,7 @@ where
                 slot.last_event = Some(now);
                 Some(Arc::clone(&slot.topic))
             }
-            None if !self.inner.history => None,
+            None if !self.inner.has_history() => None,
             None => {
                 let topic = self.new_topic();
                 map.insert(key.to_owned(), Arc::clone(&topic), Some(now));
@@ -517,7 +513,7 @@ where
             Some(idempotency) => topic.send_idempotent(idempotency, event),
             None => (topic.send(event), false),
         };
-        if sent.reached == Some(0) && !self.inner.history {
+        if sent.reached == Some(0) && !self.inner.has_history() {
             drop(topic);
             self.drop_if_unwanted(key);
         }
@@ -646,6 +642,12 @@ fn unnamed() -> BackendError {
     )
 }
 
+impl<K> Inner<K> {
+    fn has_history(&self) -> bool {
+        self.settings.history_events > 0
+    }
+}
+
 impl<K> Map<K>
 where
     K: Eq + Hash + Clone,
@@ -709,13 +711,13 @@ impl Slot {
             return false;
         }
         let idle_since = *self.idle_since.get_or_insert(now);
-        if !inner.history {
+        if !inner.has_history() {
             return true;
         }
         let since = self
             .last_event
             .map_or(idle_since, |last| last.max(idle_since));
-        now.saturating_duration_since(since) >= inner.linger
+        now.saturating_duration_since(since) >= inner.settings.linger
     }
 }
 
@@ -735,7 +737,7 @@ impl<K> fmt::Debug for KeyedBroadcast<K> {
         };
         f.debug_struct("KeyedBroadcast")
             .field("backend", &self.inner.backend.as_ref().map(|b| b.name()))
-            .field("linger", &self.inner.linger)
+            .field("linger", &self.inner.settings.linger)
             .field("keys", &keys)
             .finish_non_exhaustive()
     }

@@ -98,7 +98,6 @@ pub(crate) struct Settings {
     #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) response_timeout: Duration,
     /// How long a keyed hub keeps a key's history without subscribers and events.
-    #[allow(dead_code, reason = "used by the backends behind features")]
     pub(crate) linger: Duration,
 }
 
@@ -428,10 +427,6 @@ impl BroadcastBuilder {
     pub(crate) fn with_backend(mut self, backend: Arc<dyn Connector>) -> Self {
         self.backend = Some(backend);
         self
-    }
-
-    pub(crate) fn has_history(&self) -> bool {
-        self.history_events > 0
     }
 
     fn settings(&self, linger: Duration) -> Arc<Settings> {
