@@ -329,6 +329,7 @@ mod error;
 mod event;
 mod event_source;
 mod hub;
+mod polled;
 mod service;
 mod shutdown;
 #[cfg(test)]
@@ -343,6 +344,7 @@ pub use hub::{
     BackendError, Broadcast, BroadcastBuilder, BroadcastStats, HistoryEntry, KeyedBroadcast,
     KeyedBroadcastBuilder, KeyedBroadcastStats, Resume, SendError, Sent, SlowClient,
 };
+pub use polled::StreamItem;
 /// The `redis` crate this one is built with, for the `redis::Client` a hub's
 /// [`BroadcastBuilder::redis`] takes.
 #[cfg(feature = "redis")]
