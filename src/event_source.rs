@@ -301,7 +301,7 @@ impl EventSource {
     ///
     /// ```
     /// use axum::{extract::State, http::HeaderMap, response::IntoResponse};
-    /// use futures_util::stream;
+    /// use futures_util::{stream, StreamExt};
     /// use tower_eventsource::{Event, EventSource};
     ///
     /// async fn events(State(source): State<EventSource>, headers: HeaderMap) -> impl IntoResponse {
