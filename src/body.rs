@@ -10,10 +10,11 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
+use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep};
 
 /// The keep-alive frame: a comment line and a blank line, which browsers ignore.
@@ -35,9 +36,10 @@ pub struct EventStreamBody {
 
 enum Kind {
     Stream(Pin<Box<Stream>>),
-    /// Polls the user's stream. The mutex makes the body `Sync` without asking the stream to
-    /// be: it is never locked, the body reaches the state through `&mut` only.
-    Polled(Mutex<Pin<Box<dyn PollFrame + Send>>>),
+    /// Polls the user's stream. The wrapper makes the body `Sync` without asking the stream
+    /// to be, as the body reaches the state through `&mut` only; unlike a mutex, it adds
+    /// nothing to the body's size.
+    Polled(SyncWrapper<Pin<Box<dyn PollFrame + Send>>>),
     Empty,
 }
 
@@ -125,7 +127,7 @@ impl EventStreamBody {
     /// A body that polls `state`.
     pub(crate) fn polled(state: Pin<Box<dyn PollFrame + Send>>) -> Self {
         EventStreamBody {
-            kind: Kind::Polled(Mutex::new(state)),
+            kind: Kind::Polled(SyncWrapper::new(state)),
         }
     }
 
@@ -165,8 +167,7 @@ impl Body for EventStreamBody {
                     .poll_frame(this.shared.keep_alive(), data, cx)
             }
             Kind::Polled(state) => {
-                let state = state.get_mut().unwrap_or_else(PoisonError::into_inner);
-                let frame = state.as_mut().poll_frame(cx);
+                let frame = state.get_mut().as_mut().poll_frame(cx);
                 if let Poll::Ready(None) = frame {
                     // Frees the state, and the user's stream with it, at once.
                     *kind = Kind::Empty;
