@@ -15,8 +15,8 @@ use axum::{
 };
 use bytes::Bytes;
 use common::{
-    assert_ends, message, next_data_frame, next_event, read_events, serve_axum, Client, Proto,
-    BOUND,
+    assert_ends, message, next_data_frame, next_event, read_events, read_frames, serve_axum,
+    Client, Proto, BOUND,
 };
 use futures_util::{stream, FutureExt, Stream, StreamExt};
 use http::{header, HeaderValue, Method, StatusCode};
@@ -121,23 +121,6 @@ async fn frame_sizes(body: EventStreamBody) -> Vec<usize> {
     )
     .await
     .expect("the body ends")
-}
-
-/// Reads frames in the background, as a server would, stamping each with the paused clock.
-fn read_frames(
-    mut body: EventStreamBody,
-    start: Instant,
-) -> mpsc::UnboundedReceiver<(Duration, Bytes)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            let data = frame.unwrap().into_data().unwrap();
-            if tx.send((start.elapsed(), data)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn frame(at_ms: u64, data: &'static str) -> (Duration, Bytes) {
