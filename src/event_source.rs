@@ -207,10 +207,10 @@ impl EventSource {
         (opened.conn, opened.response)
     }
 
-    /// Answers a request with `headers` with a stream of `stream`'s items, inside a handler of
-    /// your own: the response's body polls `stream` itself, in the task that writes the
-    /// response, so no task runs per client. It is axum's `Sse::new(stream)` with these
-    /// settings.
+    /// The response, for a request with `headers`, whose body sends `stream`'s items: the body
+    /// polls `stream` itself, in the task that writes the response, so no task runs per
+    /// client. Call it in a handler of your own, as axum's `Sse::new(stream)`; the settings
+    /// are these.
     ///
     /// The items are events, or results whose error ends the stream; see [`StreamItem`]. The
     /// body encodes each item as it takes it, joins the items that are ready together into
@@ -306,10 +306,10 @@ impl EventSource {
     ///
     /// async fn events(State(source): State<EventSource>, headers: HeaderMap) -> impl IntoResponse {
     ///     // Resume after the browser's last id: here, ids count events from 1.
-    ///     let after = EventSource::last_event_id(&headers)
-    ///         .and_then(|id| id.parse::<u64>().ok())
-    ///         .unwrap_or(0);
-    ///     let events = stream::iter(after + 1..=after + 3)
+    ///     let first = EventSource::last_event_id(&headers)
+    ///         .and_then(|id| id.parse::<u64>().ok()?.checked_add(1))
+    ///         .unwrap_or(1);
+    ///     let events = stream::iter(first..first.saturating_add(3))
     ///         .map(|n| Event::new().id(n.to_string()).data(format!("event {n}")));
     ///     source.stream(&headers, events)
     /// }

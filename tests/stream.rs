@@ -160,10 +160,10 @@ fn app(source: EventSource) -> Router {
             }
             "resume" => {
                 // Ids count events from 1: resume after the browser's last one.
-                let after = EventSource::last_event_id(&headers)
-                    .and_then(|id| id.parse::<u64>().ok())
-                    .unwrap_or(0);
-                let events = stream::iter(after + 1..=after + 2)
+                let first = EventSource::last_event_id(&headers)
+                    .and_then(|id| id.parse::<u64>().ok()?.checked_add(1))
+                    .unwrap_or(1);
+                let events = stream::iter(first..first.saturating_add(2))
                     .map(|n| Event::new().id(n.to_string()).data(format!("event {n}")));
                 source.stream(&headers, events).into_response()
             }
