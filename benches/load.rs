@@ -26,15 +26,18 @@
 //!    yielding to the scheduler between events; deliveries per second from the first broadcast
 //!    to the last receipt, and the clients' completion times;
 //! 3. idle: 10,000 open streams with nothing to send; the server's resident memory per stream;
+//!    then the same over the user's tokio `broadcast` channel of scenario 5, axum's `Sse` and our
+//!    `EventSource::stream` each over every client's `BroadcastStream`;
 //! 4. latency: 1,000 clients, 100 events per second for 3 seconds; push-to-receive time;
 //! 5. the user's own stream: as fan-out, but the events go into a tokio `broadcast` channel of
 //!    the user's, and reach the clients through axum's `Sse` over each client's
-//!    `BroadcastStream`, our per-client `Connection::forward` of the same, or one
-//!    `Broadcast::forward` of one receiver into a hub that the clients subscribe to.
+//!    `BroadcastStream`, our `EventSource::stream` of the same (the body polls it), our
+//!    per-client `Connection::forward` of the same, or one `Broadcast::forward` of one
+//!    receiver into a hub that the clients subscribe to.
 //!
 //! Other options: `--smoke` (small counts, once: checks that everything works), `--only
-//! throughput|fan-out|idle|latency|stream`, `--variant NAME`, `--repeats N`, `--events N`
-//! (throughput).
+//! throughput|fan-out|idle|latency|stream`, `--variant NAME`, `--feed polled|per-client|hub`
+//! (scenario 5), `--repeats N`, `--events N` (throughput).
 
 use axum::{
     response::{sse, Sse},
@@ -43,7 +46,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -70,7 +73,7 @@ use tokio::{
     time::timeout,
 };
 use tokio_stream::{wrappers::BroadcastStream, StreamExt as _};
-use tower_eventsource::{Broadcast, Connection, Event, EventSourceService};
+use tower_eventsource::{Broadcast, Connection, Event, EventSource, EventSourceService};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -127,8 +130,11 @@ const COMPARED: [Variant; 3] = [Variant::Ours, Variant::Axum, Variant::Raw];
 /// How the user's own channel reaches the clients, in scenario 5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Feed {
-    /// Each client's handler reads its own receiver: `Connection::forward` for ours,
+    /// Each client's response body polls its own receiver: `EventSource::stream` for ours,
     /// `Sse::new` over a `BroadcastStream` for axum.
+    Polled,
+    /// Each client's handler reads its own receiver into the connection's queue:
+    /// `Connection::forward`; ours only.
     PerClient,
     /// One task reads one receiver into a `Broadcast` (`Broadcast::forward`) that every client
     /// subscribes to; ours only.
@@ -138,13 +144,14 @@ enum Feed {
 impl Feed {
     fn name(self) -> &'static str {
         match self {
+            Feed::Polled => "polled",
             Feed::PerClient => "per-client",
             Feed::Hub => "hub",
         }
     }
 
     fn parse(name: &str) -> Option<Self> {
-        [Feed::PerClient, Feed::Hub]
+        [Feed::Polled, Feed::PerClient, Feed::Hub]
             .into_iter()
             .find(|f| f.name() == name)
     }
@@ -188,6 +195,9 @@ fn main() -> Result<()> {
     if let Some(variant) = arg("--variant") {
         plan.variant = Some(Variant::parse(variant).ok_or("unknown variant")?);
     }
+    if let Some(feed) = arg("--feed") {
+        plan.feed = Some(Feed::parse(feed).ok_or("unknown feed")?);
+    }
     if let Some(repeats) = arg("--repeats") {
         plan.repeats = repeats.parse()?;
     }
@@ -219,10 +229,12 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// What one invocation runs.
 #[derive(Clone)]
 struct Plan {
-    /// Only this scenario (`throughput`, `fan-out`, `idle` or `latency`), from `--only`.
+    /// Only this scenario (`throughput`, `fan-out`, `idle`, `latency` or `stream`), from `--only`.
     only: Option<String>,
     /// Only this variant, from `--variant`.
     variant: Option<Variant>,
+    /// Only this way of feeding the user's stream (scenario 5), from `--feed`.
+    feed: Option<Feed>,
     cpus: usize,
     /// The CPU the server runs on; the client runs on another.
     server_cpu: Option<usize>,
@@ -242,6 +254,7 @@ impl Plan {
         Plan {
             only: None,
             variant: None,
+            feed: None,
             cpus: 0,
             server_cpu: None,
             repeats: if quick { 3 } else { 5 },
@@ -261,6 +274,7 @@ impl Plan {
         Plan {
             only: None,
             variant: None,
+            feed: None,
             cpus: 0,
             server_cpu: None,
             repeats: 1,
@@ -351,7 +365,7 @@ fn serve_stream(variant: Variant, feed: Feed, listener: TcpListener) -> Result<H
     let (source, _) = broadcast::channel::<Arc<str>>(HUB_BUFFER);
     let mut fed = None;
     match (variant, feed) {
-        (Variant::Axum, Feed::PerClient) => {
+        (Variant::Axum, Feed::Polled) => {
             let source = source.clone();
             let router = Router::new().route(
                 "/",
@@ -361,6 +375,22 @@ fn serve_stream(variant: Variant, feed: Feed, listener: TcpListener) -> Result<H
                         Some(Ok::<_, Infallible>(sse::Event::default().data(&*data)))
                     });
                     async move { Sse::new(events) }
+                }),
+            );
+            tokio::spawn(accept(addr, listener, TowerToHyperService::new(router)));
+        }
+        (Variant::Ours, Feed::Polled) => {
+            // The same handler as axum's above, with `EventSource::stream` (default settings)
+            // in place of `Sse::new`.
+            let source = source.clone();
+            let events = EventSource::new();
+            let router = Router::new().route(
+                "/",
+                get(move |headers: HeaderMap| {
+                    let items = BroadcastStream::new(source.subscribe())
+                        .filter_map(|data| data.ok().map(|data: Arc<str>| Event::from(&*data)));
+                    let response = events.stream(&headers, items);
+                    async move { response }
                 }),
             );
             tokio::spawn(accept(addr, listener, TowerToHyperService::new(router)));
@@ -890,12 +920,29 @@ async fn run(plan: Plan) -> Result<()> {
         for variant in
             idle_variants.filter(|v| runs("idle") && plan.variant.is_none_or(|o| o == *v))
         {
-            let per_stream = idle(variant, &plan).await?;
+            let per_stream = idle(variant, None, &plan).await?;
             eprintln!(
                 "  idle {:18} {per_stream:>8.0} bytes/stream",
                 variant.name()
             );
             let scenario = format!("3. idle, {} open streams", plan.idle_streams);
+            results.add(&scenario, "server RSS bytes/stream", variant, per_stream);
+        }
+        // The same over the user's channel of scenario 5: each body holds a `BroadcastStream`.
+        for variant in [Variant::Axum, Variant::Ours]
+            .into_iter()
+            .filter(|v| runs("idle") && plan.variant.is_none_or(|o| o == *v))
+        {
+            let per_stream = idle(variant, Some(Feed::Polled), &plan).await?;
+            eprintln!(
+                "  idle {:18} polled     {per_stream:>8.0} bytes/stream",
+                variant.name()
+            );
+            let scenario = format!(
+                "3. idle, {} open streams, each polling a BroadcastStream \
+                 (ours: EventSource::stream)",
+                plan.idle_streams
+            );
             results.add(&scenario, "server RSS bytes/stream", variant, per_stream);
         }
         for &variant in compared.iter().filter(|_| runs("latency")) {
@@ -920,16 +967,17 @@ async fn run(plan: Plan) -> Result<()> {
             results.add(&scenario, "client CPU %", variant, run.cpu.1);
         }
         let stream_runs = [
-            (Variant::Axum, Feed::PerClient),
+            (Variant::Axum, Feed::Polled),
+            (Variant::Ours, Feed::Polled),
             (Variant::Ours, Feed::PerClient),
             (Variant::Ours, Feed::Hub),
         ];
         for clients in plan.fan_out_clients.into_iter().filter(|_| runs("stream")) {
             let mut axum = None;
-            for (variant, feed) in stream_runs
-                .into_iter()
-                .filter(|(v, _)| plan.variant.is_none_or(|only| only == *v))
-            {
+            for (variant, feed) in stream_runs.into_iter().filter(|(v, f)| {
+                plan.variant.is_none_or(|only| only == *v)
+                    && plan.feed.is_none_or(|only| only == *f)
+            }) {
                 let fan = fan_out(variant, clients, Some(feed), &plan).await?;
                 eprintln!(
                     "  stream {clients:>6} {:18} {:10} {:>10.0} deliveries/s  p50 {:>7.1} ms  \
@@ -947,6 +995,7 @@ async fn run(plan: Plan) -> Result<()> {
                     continue;
                 }
                 let how = match feed {
+                    Feed::Polled => "ours: EventSource::stream",
                     Feed::PerClient => "ours: Connection::forward per client",
                     Feed::Hub => "ours: Broadcast::forward into a hub",
                 };
@@ -1192,10 +1241,11 @@ async fn fan_out(
     outcome
 }
 
-/// Scenario 3: the server's resident memory per open, idle stream.
-async fn idle(variant: Variant, plan: &Plan) -> Result<f64> {
+/// Scenario 3: the server's resident memory per open, idle stream; with `feed`, over the user's
+/// channel (scenario 5).
+async fn idle(variant: Variant, feed: Option<Feed>, plan: &Plan) -> Result<f64> {
     let streams = plan.idle_streams;
-    let mut server = Server::start(variant, None, None, plan.server_cpu).await?;
+    let mut server = Server::start(variant, None, feed, plan.server_cpu).await?;
     let (release, _) = watch::channel(false);
     let outcome = async {
         let before = rss(&mut server).await?;

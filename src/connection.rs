@@ -1,6 +1,6 @@
 //! The send handle, [`Connection`], and the bounded queue it shares with the body.
 
-use crate::{error::TryPushError, event::MAX_ID_LEN, Event, PushError};
+use crate::{body::MAX_FRAME, error::TryPushError, event::MAX_ID_LEN, Event, PushError};
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http::HeaderMap;
@@ -14,9 +14,6 @@ use std::{
     time::Duration,
 };
 use tokio::{runtime::Handle, sync::Notify, time::Instant};
-
-/// Queued events are joined into one body frame up to this many bytes.
-const MAX_FRAME: usize = 64 * 1024;
 
 /// A handle for pushing events to one client's stream.
 ///
@@ -69,16 +66,26 @@ impl LastEventId {
 
     /// Reads the `Last-Event-ID` header.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        match Self::parse(headers) {
+            Ok(Some(id)) => LastEventId::id(id),
+            Ok(None) => LastEventId::ABSENT,
+            Err(Unusable) => LastEventId::unusable(),
+        }
+    }
+
+    /// The `Last-Event-ID` header's id: `None` when there is no header or an empty one, an
+    /// error when it is unusable.
+    pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<&str>, Unusable> {
         let mut values = headers.get_all("last-event-id").iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return match headers.contains_key("last-event-id") {
-                true => LastEventId::unusable(),
-                false => LastEventId::ABSENT,
+                true => Err(Unusable),
+                false => Ok(None),
             };
         };
         match std::str::from_utf8(value.as_bytes()) {
-            Ok(id) if id.len() <= MAX_ID_LEN => LastEventId::id(id),
-            _ => LastEventId::unusable(),
+            Ok(id) if id.len() <= MAX_ID_LEN => Ok(Some(id).filter(|id| !id.is_empty())),
+            _ => Err(Unusable),
         }
     }
 
@@ -93,6 +100,9 @@ impl LastEventId {
         self.0.as_deref().is_some_and(|id| id.is_empty())
     }
 }
+
+/// A `Last-Event-ID` header that cannot be an id.
+pub(crate) struct Unusable;
 
 /// Settings shared by the streams of a service on one runtime.
 #[derive(Clone, Debug)]

@@ -1,12 +1,14 @@
-//! The stream settings, [`EventSource`], and [`EventSource::connect`], which starts a stream
-//! inside any handler.
+//! The stream settings, [`EventSource`], and [`EventSource::connect`] and
+//! [`EventSource::stream`], which start a stream inside any handler.
 
 use crate::{
     body::EventStreamBody,
     connection::{stream_runtime, LastEventId, Limits, Shared},
+    polled,
     service::EventSourceService,
-    Connection, Event, Shutdown,
+    Connection, Event, Shutdown, StreamItem,
 };
+use futures_core::Stream;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use std::{
     fmt,
@@ -22,12 +24,14 @@ const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 /// The settings of event streams: response headers, keep-alive, buffer, send timeout, `retry`
 /// and graceful shutdown.
 ///
-/// One `EventSource` serves both ways of starting a stream:
+/// One `EventSource` serves every way of starting a stream:
 ///
 /// - [`service`](Self::service) builds an [`EventSourceService`], which spawns a handler for
 ///   each request;
 /// - [`connect`](Self::connect) starts a stream inside a handler of your own (an axum handler
-///   with extractors, say) and hands back the [`Connection`] and the response to return.
+///   with extractors, say) and hands back the [`Connection`] and the response to return;
+/// - [`stream`](Self::stream) answers with a response whose body polls a stream of yours,
+///   as axum's `Sse::new(stream)` does.
 ///
 /// Cloning is cheap (the settings are shared behind an `Arc`), so it can live in an app's
 /// state. Each setting's default is stated on its setter.
@@ -201,6 +205,120 @@ impl EventSource {
     pub fn connect(&self, headers: &HeaderMap) -> (Connection, Response<EventStreamBody>) {
         let opened = self.open(headers);
         (opened.conn, opened.response)
+    }
+
+    /// The response, for a request with `headers`, whose body sends `stream`'s items: the body
+    /// polls `stream` itself, in the task that writes the response, so no task runs per
+    /// client. Call it in a handler of your own, as axum's `Sse::new(stream)`; the settings
+    /// are these.
+    ///
+    /// The items are events, or results whose error ends the stream; see [`StreamItem`]. The
+    /// body encodes each item as it takes it, joins the items that are ready together into
+    /// one frame (up to 64 KiB, never splitting an event), starts with the
+    /// [`retry`](Self::retry) field, sends keep-alive comments while `stream` is idle
+    /// ([`keep_alive`](Self::keep_alive)), and the response has the stream's headers.
+    ///
+    /// The stream ends:
+    ///
+    /// - when `stream` ends;
+    /// - at an item that is an error or an event that cannot be encoded: nothing of it is
+    ///   sent, and it is reported as a handler's error is (with the `tracing` feature);
+    /// - when `stream` panics: the panic ends this stream only, and is reported as a handler's
+    ///   panic is;
+    /// - on [shutdown](Self::graceful_shutdown): the body takes no more items, sends what it
+    ///   took and the farewell, and ends. A request after the trigger gets the farewell and an
+    ///   ended stream, and `stream` is dropped without being polled.
+    ///
+    /// The body then drops `stream`. When the client goes away the server drops the body,
+    /// and `stream` with it, at once, even while `stream` has nothing to give.
+    ///
+    /// The body takes an item only when the server asks for the next frame, so a client that
+    /// reads slowly leaves the items in `stream`'s source (a tokio broadcast receiver lags
+    /// behind and reports how many it skipped). Nothing is queued, so
+    /// [`buffer`](Self::buffer) and [`send_timeout`](Self::send_timeout) do not apply; the
+    /// socket of a client that stopped reading is held until TCP drops the connection (see
+    /// the crate docs' [Disconnects](crate#disconnects)).
+    ///
+    /// `headers` are the request's, as for [`connect`](Self::connect); a stream that resumes
+    /// reads the browser's `Last-Event-ID` from them with
+    /// [`last_event_id`](Self::last_event_id). Without a usable tokio runtime the response is
+    /// an empty `500 Internal Server Error`, as `connect` describes, and `stream` is dropped.
+    ///
+    /// The crate docs' [Streams](crate#streams-stream-forward-or-a-broadcast) section compares
+    /// this with [`Connection::forward`] and a [`Broadcast`](crate::Broadcast).
+    ///
+    /// ```
+    /// use axum::{extract::State, http::HeaderMap, response::IntoResponse, routing::get, Router};
+    /// use tokio::sync::broadcast;
+    /// use tokio_stream::{wrappers::BroadcastStream, StreamExt};
+    /// use tower_eventsource::EventSource;
+    ///
+    /// #[derive(Clone)]
+    /// struct App {
+    ///     source: EventSource,
+    ///     news: broadcast::Sender<String>,
+    /// }
+    ///
+    /// async fn events(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+    ///     // A receiver that lagged behind skips what it missed (`filter_map(Result::ok)`);
+    ///     // left as a `Result`, the lag would end the stream and the browser would reconnect.
+    ///     let news = BroadcastStream::new(app.news.subscribe()).filter_map(Result::ok);
+    ///     app.source.stream(&headers, news)
+    /// }
+    ///
+    /// let (news, _) = broadcast::channel(64);
+    /// let app: Router = Router::new()
+    ///     .route("/events", get(events))
+    ///     .with_state(App { source: EventSource::new(), news });
+    /// ```
+    pub fn stream<S>(&self, headers: &HeaderMap, stream: S) -> Response<EventStreamBody>
+    where
+        S: Stream + Send + 'static,
+        S::Item: StreamItem,
+    {
+        // The response does not depend on the request's headers; `headers` are taken so that
+        // `stream` is called as `connect` is, next to `last_event_id(headers)`.
+        let _ = headers;
+        let settings = &*self.settings;
+        if stream_runtime().is_none() {
+            return empty(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let first = settings
+            .retry
+            .map(|retry| Event::new().retry(retry).finish());
+        let shutdown = settings.shutdown.as_ref().map(Shutdown::register_polled);
+        let body = polled::body(Arc::clone(&settings.limits), first, shutdown, stream);
+        self.response(body)
+    }
+
+    /// The request's `Last-Event-ID`, read from `headers` as [`Connection::last_event_id`]
+    /// reads it: the id of the last event the browser saw before it reconnected, for a stream
+    /// given to [`stream`](Self::stream) to start after it.
+    ///
+    /// `None` when the header is missing or empty, and when it is unusable: not UTF-8, longer
+    /// than 1024 bytes, or sent twice. The value comes from the client: parse it, do not
+    /// trust it.
+    ///
+    /// ```
+    /// use axum::{extract::State, http::HeaderMap, response::IntoResponse};
+    /// use futures_util::{stream, StreamExt};
+    /// use tower_eventsource::{Event, EventSource};
+    ///
+    /// async fn events(State(source): State<EventSource>, headers: HeaderMap) -> impl IntoResponse {
+    ///     // Resume after the browser's last id: here, ids count events from 1.
+    ///     let first = EventSource::last_event_id(&headers)
+    ///         .and_then(|id| id.parse::<u64>().ok()?.checked_add(1))
+    ///         .unwrap_or(1);
+    ///     let events = stream::iter(first..first.saturating_add(3))
+    ///         .map(|n| Event::new().id(n.to_string()).data(format!("event {n}")));
+    ///     source.stream(&headers, events)
+    /// }
+    /// # let _: axum::Router = axum::Router::new()
+    /// #     .route("/events", axum::routing::get(events))
+    /// #     .with_state(EventSource::new());
+    /// ```
+    pub fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+        LastEventId::parse(headers).ok().flatten()
     }
 
     /// Starts a stream, as [`connect`](Self::connect) describes; the service and `connect`

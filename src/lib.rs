@@ -5,8 +5,10 @@
 //! [`EventStreamBody`] carries them to the browser's `EventSource`. Inside a handler of your
 //! own (an axum handler with extractors, say), [`EventSource::connect`] starts the same stream
 //! and hands back the connection and the response; see [In an axum
-//! handler](#in-an-axum-handler-connect). One [`EventSource`] holds the stream settings for
-//! both.
+//! handler](#in-an-axum-handler-connect). For a stream of your own, as axum's
+//! `Sse::new(stream)` takes, [`EventSource::stream`] answers with a body that polls it; see
+//! [Streams](#streams-stream-forward-or-a-broadcast). One [`EventSource`] holds the stream
+//! settings for all three.
 //!
 //! ```
 //! use std::time::Duration;
@@ -123,6 +125,71 @@
 //! `Send` is not general enough" once it does real work before the call; calling
 //! `Service::call(&mut events, req).await` compiles, and `connect` needs no forwarding at all.
 //!
+//! # Streams: `stream`, `forward` or a `Broadcast`
+//!
+//! Users coming from axum's `Sse::new(stream)` already have a stream for each client: a tokio
+//! `broadcast` or `watch` receiver, a database's change feed. [`EventSource::stream`] takes
+//! it as it is and answers with a response whose body polls it in the task that writes the
+//! response, as axum's `Sse` does:
+//!
+//! ```
+//! use axum::{extract::State, http::HeaderMap, response::IntoResponse, routing::get, Router};
+//! use tokio::sync::broadcast;
+//! use tokio_stream::{wrappers::BroadcastStream, StreamExt};
+//! use tower_eventsource::{Event, EventSource};
+//!
+//! #[derive(Clone)]
+//! struct App {
+//!     source: EventSource,
+//!     prices: broadcast::Sender<u32>,
+//! }
+//!
+//! async fn prices(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+//!     let prices = BroadcastStream::new(app.prices.subscribe())
+//!         .filter_map(Result::ok) // a receiver that lagged behind skips what it missed
+//!         .map(|price| Event::new().event("price").data(price.to_string()));
+//!     app.source.stream(&headers, prices) // was: Sse::new(prices)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (tx, _) = broadcast::channel(64);
+//! let app: Router = Router::new()
+//!     .route("/prices", get(prices))
+//!     .with_state(App { source: EventSource::new(), prices: tx.clone() });
+//! # use http_body_util::BodyExt;
+//! # use tower::ServiceExt;
+//! # let req = http::Request::get("/prices").body(axum::body::Body::empty()).unwrap();
+//! # let response = app.oneshot(req).await.unwrap();
+//! # tx.send(42).unwrap();
+//! # let frame = response.into_body().frame().await.unwrap().unwrap().into_data().unwrap();
+//! # assert_eq!(frame, "event: price\ndata: 42\n\n");
+//! # }
+//! ```
+//!
+//! The items are events (anything that converts into an [`Event`]) or `Result`s whose error
+//! ends the stream; see [`StreamItem`]. The settings of the [`EventSource`] apply as for
+//! [`connect`](EventSource::connect): headers, keep-alive while the stream is idle, `retry`
+//! first, shutdown with the farewell; ready items are joined into one frame. Dropping the
+//! body (the client left) drops the stream.
+//!
+//! The same stream can reach the client two other ways: [`Connection::forward`] reads it in
+//! the handler's task and pushes into the connection's queue (where pushes from elsewhere can
+//! join it), and [`Broadcast::forward`] feeds one stream into a hub that every client
+//! subscribes to. How they compare:
+//!
+//! | | [`EventSource::stream`] | [`Connection::forward`] | [`Broadcast`] fed by [`Broadcast::forward`] |
+//! |---|---|---|---|
+//! | tasks per client | none: the connection's task polls the stream, at most one wake-up per event (one per batch of ready events) | the handler's, besides the connection's: up to two wake-ups per event | none: one task feeds the hub, which wakes each connection at most once per event |
+//! | encoding | per client, as the body takes each item | per client, as each item is pushed | once per event, for every subscriber |
+//! | backpressure | an item is taken only when the server asks for the next frame: a slow client leaves items in the source (a broadcast receiver lags); nothing is queued | the connection's [buffer](EventSource::buffer): `forward` takes no item while it is full, and the [send timeout](EventSource::send_timeout) ends a stalled stream | the hub never waits: a client whose buffer is full is disconnected or skipped ([`SlowClient`]) |
+//! | resume (`Last-Event-ID`) | the handler's: build the stream from [`EventSource::last_event_id`] | the handler's: [`Connection::last_event_id`] | built in with a history: exactly what was missed, else a reset event |
+//!
+//! A stream of the client's own (its user's events, its query) goes through
+//! [`EventSource::stream`], or [`Connection::forward`] when other tasks push to the same
+//! client; events that every client gets go through one [`Broadcast`], which also replays
+//! what a reconnecting browser missed.
+//!
 //! # Encoding
 //!
 //! Each event is encoded once, when it is pushed, into the exact bytes the WHATWG
@@ -159,8 +226,10 @@
 //! ```
 //!
 //! [`Connection::forward`] does this for any `Stream` (a channel's receiver, a database's
-//! change feed). To serve one stream to many clients, feed it into a [`Broadcast`] with
-//! [`Broadcast::forward`] instead: each event is then encoded once for every subscriber.
+//! change feed). [`EventSource::stream`] needs no handler task at all: the body polls the
+//! stream, and dropping the body drops the stream, even while it has nothing to give. To
+//! serve one stream to many clients, feed it into a [`Broadcast`] with [`Broadcast::forward`]
+//! instead: each event is then encoded once for every subscriber.
 //!
 //! The stream ends normally after [`Connection::close`] (once what was queued is sent), or when
 //! every clone of the connection is dropped, for example when the handler returns.
@@ -191,8 +260,9 @@
 //! # Last-Event-ID
 //!
 //! A browser that reconnects sends the id of the last event it saw as `Last-Event-ID`;
-//! [`Connection::last_event_id`] has it, decoded as UTF-8. It is client input: parse it, do not
-//! trust it.
+//! [`Connection::last_event_id`] has it, decoded as UTF-8, and [`EventSource::last_event_id`]
+//! reads it the same way from the request's headers, for a handler that builds the stream
+//! given to [`EventSource::stream`]. It is client input: parse it, do not trust it.
 //!
 //! # Fan-out and replay
 //!
@@ -210,7 +280,8 @@
 //! Streams do not end by themselves, so a server draining its connections would wait for ever.
 //! A [`Shutdown`] handle given to the streams with
 //! [`EventSource::graceful_shutdown`] ends every stream cleanly, after an optional
-//! farewell event. A handler that panics ends its own stream only.
+//! farewell event, those of [`EventSource::stream`] included. A handler that panics ends its
+//! own stream only, and so does a stream given to [`EventSource::stream`].
 //!
 //! # Testing
 //!
@@ -304,7 +375,8 @@
 //!
 //! - `json`: [`Event::json_data`][json_data], serialising data with serde_json.
 //! - `tracing`: handler panics (error level) and handler errors (debug level) are reported
-//!   with `tracing`.
+//!   with `tracing`, and so are those of a stream given to [`EventSource::stream`] (a panic,
+//!   an error item, an event that cannot be encoded).
 //!
 #![cfg_attr(feature = "json", doc = "[json_data]: Event::json_data")]
 #![cfg_attr(
@@ -329,6 +401,7 @@ mod error;
 mod event;
 mod event_source;
 mod hub;
+mod polled;
 mod service;
 mod shutdown;
 #[cfg(test)]
@@ -343,6 +416,7 @@ pub use hub::{
     BackendError, Broadcast, BroadcastBuilder, BroadcastStats, HistoryEntry, KeyedBroadcast,
     KeyedBroadcastBuilder, KeyedBroadcastStats, Resume, SendError, Sent, SlowClient,
 };
+pub use polled::StreamItem;
 /// The `redis` crate this one is built with, for the `redis::Client` a hub's
 /// [`BroadcastBuilder::redis`] takes.
 #[cfg(feature = "redis")]

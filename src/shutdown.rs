@@ -4,20 +4,26 @@ use crate::{connection::Shared, EncodeError, Event};
 use bytes::Bytes;
 use std::{
     fmt,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    task::Waker,
 };
 
 /// A handle that ends the open streams given it with
 /// [`EventSource::graceful_shutdown`](crate::EventSource::graceful_shutdown) (or the service's
-/// setter of the same name), whether the service or [`EventSource::connect`](crate::EventSource::connect)
-/// started them.
+/// setter of the same name), whether the service, [`EventSource::connect`](crate::EventSource::connect)
+/// or [`EventSource::stream`](crate::EventSource::stream) started them.
 ///
 /// Streams never end by themselves, so a server waiting for its connections to finish (such as
 /// hyper-util's `GracefulShutdown`, or `axum::serve(..).with_graceful_shutdown(..)`) would wait
 /// forever. [`trigger`](Shutdown::trigger) ends each stream after the events already queued,
 /// never inside an event, optionally after a farewell event; handlers see
-/// [`Connection::closed`](crate::Connection::closed) resolve and pushes fail. Requests that
-/// arrive afterwards get the farewell and an ended stream, without running the handler.
+/// [`Connection::closed`](crate::Connection::closed) resolve and pushes fail. A stream started
+/// with [`EventSource::stream`](crate::EventSource::stream) stops taking items from its source,
+/// sends the farewell, ends, and drops its source. Requests that arrive afterwards get the
+/// farewell and an ended stream, without running the handler (or polling the source).
 ///
 /// A browser reconnects after an ended stream (a farewell with [`Event::retry`] sets when), so
 /// during a rolling restart it comes back to another instance. A client that stopped reading
@@ -51,8 +57,88 @@ pub struct Shutdown {
 struct Registry {
     /// `None` until triggered; then the farewell frame, if any.
     triggered: Option<Option<Bytes>>,
-    streams: Vec<Weak<Shared>>,
+    streams: Vec<Registered>,
     prune_at: usize,
+}
+
+/// An open stream that a trigger ends.
+enum Registered {
+    /// Fed by a connection's queue.
+    Queue(Weak<Shared>),
+    /// A body that polls the user's stream itself.
+    Polled(Weak<Signal>),
+}
+
+impl Registered {
+    fn is_open(&self) -> bool {
+        match self {
+            Registered::Queue(stream) => stream.strong_count() > 0,
+            Registered::Polled(signal) => signal.strong_count() > 0,
+        }
+    }
+}
+
+/// How a trigger reaches a body that polls the user's stream: a flag the body reads on every
+/// poll, the farewell, and the waker of a body waiting for its source.
+pub(crate) struct Signal {
+    triggered: AtomicBool,
+    state: Mutex<SignalState>,
+}
+
+struct SignalState {
+    /// The farewell to send, set by the trigger and taken by the body.
+    farewell: Option<Bytes>,
+    waker: Option<Waker>,
+}
+
+impl Signal {
+    fn new(triggered: bool, farewell: Option<Bytes>) -> Self {
+        Signal {
+            triggered: AtomicBool::new(triggered),
+            state: Mutex::new(SignalState {
+                farewell,
+                waker: None,
+            }),
+        }
+    }
+
+    /// Whether the shutdown has been triggered.
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.triggered.load(Ordering::Acquire)
+    }
+
+    /// The farewell, once the shutdown has been triggered; the first call takes it.
+    pub(crate) fn take_farewell(&self) -> Option<Bytes> {
+        self.lock().farewell.take()
+    }
+
+    /// Wakes `waker` when the shutdown is triggered; returns whether it already was.
+    pub(crate) fn wake_on_trigger(&self, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            state.waker = Some(waker.clone());
+        }
+        drop(state);
+        self.is_triggered()
+    }
+
+    fn trigger(&self, farewell: Option<Bytes>) {
+        let mut state = self.lock();
+        state.farewell = farewell;
+        self.triggered.store(true, Ordering::Release);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SignalState> {
+        // The lock is never held across user code.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Shutdown {
@@ -92,8 +178,19 @@ impl Shutdown {
             registry.triggered = Some(farewell.clone());
             std::mem::take(&mut registry.streams)
         };
-        for stream in streams.iter().filter_map(Weak::upgrade) {
-            stream.close_here(farewell.as_ref());
+        for stream in streams {
+            match stream {
+                Registered::Queue(stream) => {
+                    if let Some(stream) = stream.upgrade() {
+                        stream.close_here(farewell.as_ref());
+                    }
+                }
+                Registered::Polled(signal) => {
+                    if let Some(signal) = signal.upgrade() {
+                        signal.trigger(farewell.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -107,12 +204,20 @@ impl Shutdown {
             stream.close_here(farewell.as_ref());
             return false;
         }
-        if registry.streams.len() >= registry.prune_at {
-            registry.streams.retain(|stream| stream.strong_count() > 0);
-            registry.prune_at = (registry.streams.len() * 2).max(64);
-        }
-        registry.streams.push(Arc::downgrade(stream));
+        registry.push(Registered::Queue(Arc::downgrade(stream)));
         true
+    }
+
+    /// The signal of a new body that polls the user's stream: registered, or already
+    /// triggered (with the farewell) once the handle has been.
+    pub(crate) fn register_polled(&self) -> Arc<Signal> {
+        let mut registry = self.lock();
+        if let Some(farewell) = &registry.triggered {
+            return Arc::new(Signal::new(true, farewell.clone()));
+        }
+        let signal = Arc::new(Signal::new(false, None));
+        registry.push(Registered::Polled(Arc::downgrade(&signal)));
+        signal
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -121,6 +226,17 @@ impl Shutdown {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Registry {
+    /// Adds an open stream, first dropping those that have ended once the list has doubled.
+    fn push(&mut self, stream: Registered) {
+        if self.streams.len() >= self.prune_at {
+            self.streams.retain(Registered::is_open);
+            self.prune_at = (self.streams.len() * 2).max(64);
+        }
+        self.streams.push(stream);
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{handover, next_connection};
+use common::{handover, next_connection, read_frames};
 use futures_util::StreamExt;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -499,23 +499,6 @@ async fn a_push_waiting_for_room_fails_when_the_body_is_dropped() {
     drop(response);
     let result = timeout(BOUND, waiting).await.unwrap().unwrap();
     assert_eq!(result, Err(PushError::Disconnected));
-}
-
-/// Reads frames in the background, as a server would, stamping each with the paused clock.
-fn read_frames(
-    mut body: EventStreamBody,
-    start: Instant,
-) -> mpsc::UnboundedReceiver<(Duration, Bytes)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            let data = frame.unwrap().into_data().unwrap();
-            if tx.send((start.elapsed(), data)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,13 +1,14 @@
 //! With the `tracing` feature, a handler that panics is reported as an error event and one that
-//! returns an error as a debug event. Run with `cargo test --features tracing --test
-//! tracing_report`.
+//! returns an error as a debug event; so are a stream given to `EventSource::stream` that
+//! panics, and one that yields an error or an event that cannot be encoded. Run with
+//! `cargo test --features tracing --test tracing_report`.
 #![cfg(feature = "tracing")]
 
 use http::Request;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Mutex};
 use tower::ServiceExt;
-use tower_eventsource::{Connection, EventSourceService, PushError};
+use tower_eventsource::{Connection, EventSource, EventSourceService, PushError};
 use tracing::{field::Visit, span, Event, Level, Metadata, Subscriber};
 
 /// Records the level and message of every event.
@@ -80,4 +81,40 @@ async fn panics_and_errors_are_reported() {
             .any(|(level, text)| *level == Level::DEBUG && text.contains("event stream has ended")),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_on_an_error_an_invalid_event_or_a_panic_is_reported() {
+    use futures_util::{stream, StreamExt};
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let source = EventSource::new().without_keep_alive();
+    let headers = http::HeaderMap::new();
+    let body = |response: http::Response<tower_eventsource::EventStreamBody>| async move {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+
+    let errors = stream::iter([Ok("a"), Err("the feed broke"), Ok("b")]);
+    assert_eq!(body(source.stream(&headers, errors)).await, "data: a\n\n");
+    let invalid = stream::iter([
+        tower_eventsource::Event::from("a"),
+        tower_eventsource::Event::new().id("x\ny").data("b"),
+    ]);
+    assert_eq!(body(source.stream(&headers, invalid)).await, "data: a\n\n");
+    let panics = stream::iter([0, 1]).map(|n| match n {
+        0 => "a",
+        _ => panic!("on purpose"),
+    });
+    assert_eq!(body(source.stream(&headers, panics)).await, "data: a\n\n");
+
+    let events = recorder.0.lock().unwrap().clone();
+    let has = |level: Level, text: &str| {
+        events
+            .iter()
+            .any(|(l, message)| *l == level && message.contains(text))
+    };
+    assert!(has(Level::DEBUG, "the feed broke"), "{events:?}");
+    assert!(has(Level::DEBUG, "line break"), "{events:?}");
+    assert!(has(Level::ERROR, "panicked"), "{events:?}");
 }

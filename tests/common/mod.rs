@@ -262,6 +262,24 @@ pub(crate) async fn next_data_frame(body: &mut Incoming) -> Bytes {
     }
 }
 
+/// Reads a body's frames in the background, as a server would, stamping each with the time
+/// since `start` (on tokio's paused clock in the keep-alive tests).
+pub(crate) fn read_frames(
+    mut body: EventStreamBody,
+    start: tokio::time::Instant,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Duration, Bytes)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            if tx.send((start.elapsed(), data)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Serves `service` on 127.0.0.1 with hyper-util's auto builder (HTTP/1.1, and HTTP/2 when the
 /// client opens with the HTTP/2 preface). The server stops with the test's runtime.
 pub(crate) async fn serve<S>(service: S) -> SocketAddr
