@@ -14,8 +14,9 @@ use axum::{
     Router,
 };
 use common::{
-    assert_ends, next_data_frame, next_event, read_events, serve_axum, split_id, Client, Proto,
-    BOUND,
+    assert_ends, assert_event_stream_headers, assert_first_frame_starts_with,
+    current_thread_without_time, head_event_stream, multi_thread_without_time, next_event,
+    read_events, serve_axum, split_id, Client, Proto, BOUND,
 };
 use futures_util::FutureExt;
 use http::{header, Method, Request, StatusCode};
@@ -87,14 +88,7 @@ async fn a_handler_with_extractors_streams_through_connect() {
         .request(Method::GET, "/rooms/lobby/events")
         .header(header::AUTHORIZATION, "Bearer alice-token");
     let response = client.send(req).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
-    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
-    assert_eq!(response.headers()["x-accel-buffering"], "no");
-    assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+    assert_event_stream_headers(&response);
     let mut events = read_events(response.into_body());
     let welcome = next_event(&mut events).await;
     assert_eq!(welcome.event, "welcome");
@@ -165,12 +159,8 @@ async fn retry_is_queued_before_anything_the_handler_pushes() {
     let req = client
         .request(Method::GET, "/rooms/lobby/events")
         .header(header::AUTHORIZATION, "Bearer alice-token");
-    let mut body = client.send(req).await.into_body();
-    let first = next_data_frame(&mut body).await;
-    assert!(
-        first.starts_with(b"retry: 2500\n\n"),
-        "the stream starts with retry: {first:?}"
-    );
+    let body = client.send(req).await.into_body();
+    assert_first_frame_starts_with(body, "retry: 2500\n\n").await;
 }
 
 #[tokio::test]
@@ -279,13 +269,7 @@ async fn a_head_request_routed_to_the_handler_sees_its_client_leave_at_once() {
         }),
     );
     let addr = serve_axum(app).await;
-    let mut client = Client::connect(addr, Proto::Http1).await;
-    let response = client.send(client.request(Method::HEAD, "/events")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
+    let _client = head_event_stream(addr, "/events").await;
     let (closed, push) = recv(&mut rx).await;
     assert!(closed, "closed() resolves for a HEAD request");
     assert_eq!(push, Err(PushError::Disconnected));
@@ -336,20 +320,13 @@ fn without_a_runtime_connect_and_the_service_answer_500() {
 
 #[test]
 fn on_a_runtime_without_the_time_driver_connect_and_the_service_answer_500() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = current_thread_without_time();
     runtime.block_on(async {
         assert_connect_answers_500();
         let response = refusing_service().oneshot(Request::new(())).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_io()
-        .build()
-        .unwrap();
-    runtime.block_on(async { assert_connect_answers_500() });
+    multi_thread_without_time().block_on(async { assert_connect_answers_500() });
 }
 
 /// Runs `f` and returns how many panics happened on this thread meanwhile, leaving the panic
@@ -379,9 +356,7 @@ fn panics_on_this_thread(f: impl FnOnce()) -> usize {
 /// panicking in tokio: once for that runtime, not once per request.
 #[test]
 fn a_runtime_without_the_time_driver_costs_one_caught_panic_not_one_per_request() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = current_thread_without_time();
     let panics = panics_on_this_thread(|| {
         runtime.block_on(async {
             for _ in 0..3 {

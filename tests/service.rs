@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{handover, next_connection, read_frames};
+use common::{assert_event_stream_headers, handover, next_connection, read_frames};
 use futures_util::StreamExt;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -329,14 +329,7 @@ async fn head_gets_the_headers_and_an_empty_body_without_running_the_handler() {
         .oneshot(request(Method::HEAD))
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
-    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
-    assert_eq!(response.headers()["x-accel-buffering"], "no");
-    assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+    assert_event_stream_headers(&response);
     assert!(response.body().is_end_stream());
     assert_eq!(body_string(response).await, "");
 

@@ -15,11 +15,12 @@ use axum::{
 };
 use bytes::Bytes;
 use common::{
-    assert_ends, message, next_data_frame, next_event, read_events, read_frames, serve_axum,
-    Client, Proto, BOUND,
+    assert_ends, assert_event_stream_headers, assert_first_frame_starts_with,
+    current_thread_without_time, head_event_stream, message, multi_thread_without_time, next_event,
+    open_stream, read_events, read_frames, serve_axum, Client, Proto, BOUND,
 };
 use futures_util::{stream, FutureExt, Stream, StreamExt};
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::{
@@ -123,6 +124,20 @@ async fn frame_sizes(body: EventStreamBody) -> Vec<usize> {
     .expect("the body ends")
 }
 
+/// Reads, in the background, the frames of `source`'s body over an idle source, stamped from
+/// now; the sender feeds the source, which ends when it is dropped.
+fn idle_frames(
+    source: EventSource,
+) -> (
+    mpsc::Sender<Event>,
+    mpsc::UnboundedReceiver<(Duration, Bytes)>,
+) {
+    let (tx, rx) = idle_source();
+    let start = Instant::now();
+    let body = source.stream(&HeaderMap::new(), rx).into_body();
+    (tx, read_frames(body, start))
+}
+
 fn frame(at_ms: u64, data: &'static str) -> (Duration, Bytes) {
     (
         Duration::from_millis(at_ms),
@@ -182,14 +197,7 @@ async fn items_reach_a_real_client_exactly_and_the_end_of_the_stream_ends_the_bo
         let mut client = Client::connect(addr, proto).await;
 
         let response = client.get("/strings").await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/event-stream"
-        );
-        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
-        assert_eq!(response.headers()["x-accel-buffering"], "no");
-        assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+        assert_event_stream_headers(&response);
         assert!(!response.headers().contains_key(header::CONNECTION));
         let mut events = read_events(response.into_body());
         assert_eq!(next_event(&mut events).await, message("one", ""));
@@ -217,11 +225,7 @@ async fn items_reach_a_real_client_exactly_and_the_end_of_the_stream_ends_the_bo
 #[tokio::test]
 async fn the_handler_builds_the_stream_from_last_event_id() {
     let addr = serve_axum(app(EventSource::new())).await;
-    let mut client = Client::connect(addr, Proto::Http1).await;
-    let req = client
-        .request(Method::GET, "/resume")
-        .header("last-event-id", "41");
-    let mut events = read_events(client.send(req).await.into_body());
+    let (mut client, mut events) = open_stream(addr, "/resume", Some("41")).await;
     assert_eq!(next_event(&mut events).await, message("event 42", "42"));
     assert_eq!(next_event(&mut events).await, message("event 43", "43"));
     assert_ends(&mut events).await;
@@ -330,13 +334,7 @@ async fn a_head_request_routed_to_the_handler_drops_the_stream_unpolled() {
         }),
     );
     let addr = serve_axum(app).await;
-    let mut client = Client::connect(addr, Proto::Http1).await;
-    let response = client.send(client.request(Method::HEAD, "/")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
+    let _client = head_event_stream(addr, "/").await;
     let watch = timeout(BOUND, rx.recv()).await.unwrap().unwrap();
     timeout(BOUND, watch.dropped)
         .await
@@ -350,12 +348,8 @@ async fn retry_comes_first_on_the_wire() {
     let source = EventSource::new().retry(Duration::from_millis(2500));
     let addr = serve_axum(app(source)).await;
     let mut client = Client::connect(addr, Proto::Http1).await;
-    let mut body = client.get("/strings").await.into_body();
-    let first = next_data_frame(&mut body).await;
-    assert!(
-        first.starts_with(b"retry: 2500\n\ndata: one\n\n"),
-        "the stream starts with retry: {first:?}"
-    );
+    let body = client.get("/strings").await.into_body();
+    assert_first_frame_starts_with(body, "retry: 2500\n\ndata: one\n\n").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,13 +550,7 @@ async fn the_stream_need_not_be_sync_and_the_body_still_is() {
 
 #[tokio::test(start_paused = true)]
 async fn keep_alive_comment_after_each_interval_while_the_source_is_idle() {
-    let (_tx, rx) = idle_source();
-    let start = Instant::now();
-    let body = EventSource::new()
-        .keep_alive(Duration::from_secs(15))
-        .stream(&HeaderMap::new(), rx)
-        .into_body();
-    let mut frames = read_frames(body, start);
+    let (_tx, mut frames) = idle_frames(EventSource::new().keep_alive(Duration::from_secs(15)));
     let before = timeout(Duration::from_millis(14_999), frames.recv()).await;
     assert!(before.is_err(), "a frame came early: {before:?}");
     assert_eq!(frames.recv().await.unwrap(), frame(15_000, ":\n\n"));
@@ -571,13 +559,7 @@ async fn keep_alive_comment_after_each_interval_while_the_source_is_idle() {
 
 #[tokio::test(start_paused = true)]
 async fn an_item_pushes_the_keep_alive_back_and_is_never_delayed() {
-    let (tx, rx) = idle_source();
-    let start = Instant::now();
-    let body = EventSource::new()
-        .keep_alive(Duration::from_secs(15))
-        .stream(&HeaderMap::new(), rx)
-        .into_body();
-    let mut frames = read_frames(body, start);
+    let (tx, mut frames) = idle_frames(EventSource::new().keep_alive(Duration::from_secs(15)));
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     tx.send(Event::from("tick")).await.unwrap();
@@ -600,19 +582,10 @@ async fn an_item_pushes_the_keep_alive_back_and_is_never_delayed() {
 
 #[tokio::test(start_paused = true)]
 async fn default_keep_alive_is_15_seconds_and_it_can_be_turned_off() {
-    let (_tx, rx) = idle_source();
-    let start = Instant::now();
-    let body = EventSource::new().stream(&HeaderMap::new(), rx).into_body();
-    let mut frames = read_frames(body, start);
+    let (_tx, mut frames) = idle_frames(EventSource::new());
     assert_eq!(frames.recv().await.unwrap(), frame(15_000, ":\n\n"));
 
-    let (tx, rx) = idle_source();
-    let start = Instant::now();
-    let body = EventSource::new()
-        .without_keep_alive()
-        .stream(&HeaderMap::new(), rx)
-        .into_body();
-    let mut frames = read_frames(body, start);
+    let (tx, mut frames) = idle_frames(EventSource::new().without_keep_alive());
     let quiet = timeout(Duration::from_secs(24 * 3600), frames.recv()).await;
     assert!(quiet.is_err(), "a frame came: {quiet:?}");
     tx.send(Event::from("late")).await.unwrap();
@@ -782,14 +755,6 @@ fn without_a_runtime_stream_answers_500() {
 
 #[test]
 fn on_a_runtime_without_the_time_driver_stream_answers_500() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async { assert_stream_answers_500() });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_io()
-        .build()
-        .unwrap();
-    runtime.block_on(async { assert_stream_answers_500() });
+    current_thread_without_time().block_on(async { assert_stream_answers_500() });
+    multi_thread_without_time().block_on(async { assert_stream_answers_500() });
 }

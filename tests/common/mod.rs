@@ -166,12 +166,35 @@ pub(crate) async fn open_stream(
         request = request.header("last-event-id", id);
     }
     let response = client.send(request).await;
+    assert_is_event_stream(&response);
+    (client, read_events(response.into_body()))
+}
+
+/// Checks that a response is a `200` with `Content-Type: text/event-stream`.
+pub(crate) fn assert_is_event_stream<B>(response: &Response<B>) {
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
         "text/event-stream"
     );
-    (client, read_events(response.into_body()))
+}
+
+/// Checks an event stream's head: `200`, `text/event-stream`, `no-store`,
+/// `X-Accel-Buffering: no`, and no `Content-Length`.
+pub(crate) fn assert_event_stream_headers<B>(response: &Response<B>) {
+    assert_is_event_stream(response);
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+}
+
+/// Sends a `HEAD` for `path` over a new HTTP/1.1 connection and checks that the answer is an
+/// event stream's head; the client is returned so that the connection stays open.
+pub(crate) async fn head_event_stream(addr: SocketAddr, path: &str) -> Client {
+    let mut client = Client::connect(addr, Proto::Http1).await;
+    let response = client.send(client.request(Method::HEAD, path)).await;
+    assert_is_event_stream(&response);
+    client
 }
 
 /// The next event, which must arrive in time.
@@ -260,6 +283,32 @@ pub(crate) async fn next_data_frame(body: &mut Incoming) -> Bytes {
             return data;
         }
     }
+}
+
+/// Reads the first data frame of a body and checks that it starts with `prefix` (which begins
+/// with the `retry` field).
+pub(crate) async fn assert_first_frame_starts_with(mut body: Incoming, prefix: &str) {
+    let first = next_data_frame(&mut body).await;
+    assert!(
+        first.starts_with(prefix.as_bytes()),
+        "the stream starts with retry: {first:?}"
+    );
+}
+
+/// A current-thread tokio runtime with no driver enabled, so without the time driver.
+pub(crate) fn current_thread_without_time() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// A one-worker multi-thread tokio runtime with the I/O driver but without the time driver.
+pub(crate) fn multi_thread_without_time() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_io()
+        .build()
+        .unwrap()
 }
 
 /// Reads a body's frames in the background, as a server would, stamping each with the time
