@@ -146,8 +146,8 @@ impl Topic {
                 reached: Some(reached),
             };
         }
-        let epoch = state.epoch.clone().unwrap_or_else(new_epoch);
-        let id = format!("{epoch}-{number}");
+        // An in-process topic always knows its epoch.
+        let id = format!("{}-{number}", state.epoch.as_deref().unwrap_or_default());
         let frame = event.id(&id).finish();
         self.remember(state, number, frame.clone());
         let reached = self.deliver(state, &frame, 1);
