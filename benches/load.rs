@@ -37,7 +37,9 @@
 //!
 //! Other options: `--smoke` (small counts, once: checks that everything works), `--only
 //! throughput|fan-out|idle|latency|stream`, `--variant NAME`, `--feed polled|per-client|hub`
-//! (scenario 5), `--repeats N`, `--events N` (throughput).
+//! (scenario 5), `--repeats N`, `--events N` (throughput), `--prometheus` (built with
+//! `--features metrics`: the server installs `metrics-exporter-prometheus`'s recorder before
+//! it builds anything, so the library's metrics are recorded).
 
 use axum::{
     response::{sse, Sse},
@@ -180,6 +182,9 @@ fn main() -> Result<()> {
         if let Some(cpu) = arg("--cpu") {
             pin_to_cpu(cpu.parse()?);
         }
+        if args.iter().any(|a| a == "--prometheus") {
+            install_prometheus()?;
+        }
         return runtime()?.block_on(serve(variant, events, feed));
     }
     if !args.iter().any(|a| a == "--bench") {
@@ -204,6 +209,13 @@ fn main() -> Result<()> {
     if let Some(events) = arg("--events") {
         plan.throughput_events = events.parse()?;
     }
+    if args.iter().any(|a| a == "--prometheus") {
+        // Checked here too, so that a build without the feature fails before it starts.
+        if cfg!(not(feature = "metrics")) {
+            return Err("--prometheus needs --features metrics".into());
+        }
+        PROMETHEUS.store(true, Ordering::Relaxed);
+    }
     let cpus = allowed_cpus();
     plan.cpus = cpus.len();
     // The client runs on the first CPU and the server on the second, when there are two.
@@ -218,6 +230,21 @@ fn main() -> Result<()> {
         std::process::exit(2);
     });
     runtime()?.block_on(run(plan))
+}
+
+/// Whether the server children record the library's metrics with the Prometheus exporter.
+static PROMETHEUS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the Prometheus exporter's recorder (nothing renders it: the cost measured is the
+/// recording's).
+fn install_prometheus() -> Result<()> {
+    #[cfg(feature = "metrics")]
+    {
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        Ok(())
+    }
+    #[cfg(not(feature = "metrics"))]
+    Err("--prometheus needs --features metrics".into())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -717,6 +744,9 @@ impl Server {
         }
         if let Some(events) = events {
             command.args(["--events", &events.to_string()]);
+        }
+        if PROMETHEUS.load(Ordering::Relaxed) {
+            command.arg("--prometheus");
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -160,11 +160,17 @@ impl Body for EventStreamBody {
                     return Poll::Ready(None);
                 }
                 let data = this.shared.poll_frame(cx);
+                let queued = data.is_ready();
                 if let Poll::Ready(None) = data {
                     *this.done = true;
                 }
-                this.keep_alive
-                    .poll_frame(this.shared.keep_alive(), data, cx)
+                let frame = this
+                    .keep_alive
+                    .poll_frame(this.shared.keep_alive(), data, cx);
+                if let (false, Poll::Ready(Some(comment))) = (queued, &frame) {
+                    this.shared.sent_keep_alive(comment.len());
+                }
+                frame
             }
             Kind::Polled(state) => {
                 let frame = state.get_mut().as_mut().poll_frame(cx);

@@ -1,6 +1,12 @@
 //! The send handle, [`Connection`], and the bounded queue it shares with the body.
 
-use crate::{body::MAX_FRAME, error::TryPushError, event::MAX_ID_LEN, Event, PushError};
+use crate::{
+    body::MAX_FRAME,
+    error::TryPushError,
+    event::MAX_ID_LEN,
+    observe::{StreamMetrics, StreamReport, Subscription},
+    Event, PushError,
+};
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http::HeaderMap;
@@ -101,6 +107,84 @@ impl LastEventId {
     }
 }
 
+/// Why a stream ended: the first cause that decided to end it.
+///
+/// [`Connection::closed`] returns it, and the metrics (`reason` label) and the `sse.stream`
+/// span carry it. A stream that one cause began to end keeps that reason whatever finally
+/// closes its socket: a client a hub disconnected as slow counts as
+/// [`SlowClient`](CloseReason::SlowClient) even if it leaves before its last frame is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client went away: the server dropped the response body, because the connection
+    /// closed or the response was dropped.
+    ClientGone,
+    /// This side closed it: [`Connection::close`], or a hub
+    /// ([`Broadcast::close_all`](crate::Broadcast::close_all), or a resume that needed an
+    /// unreachable backend).
+    Closed,
+    /// The client took nothing for the send timeout
+    /// ([`EventSource::send_timeout`](crate::EventSource::send_timeout)).
+    SendTimeout,
+    /// A hub disconnected it because its buffer was full
+    /// ([`SlowClient::Disconnect`](crate::SlowClient::Disconnect)).
+    SlowClient,
+    /// A graceful [`Shutdown`](crate::Shutdown) ended it.
+    Shutdown,
+    /// The handler finished: every handle of the connection was dropped (the handler
+    /// returned), or the stream given to [`EventSource::stream`](crate::EventSource::stream)
+    /// ended, or yielded an error or an event that cannot be encoded.
+    HandlerDone,
+    /// The handler, or the stream given to [`EventSource::stream`](crate::EventSource::stream),
+    /// panicked.
+    HandlerPanic,
+}
+
+impl CloseReason {
+    /// Every reason, in the order of [`index`](Self::index).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [CloseReason; 7] = [
+        CloseReason::ClientGone,
+        CloseReason::Closed,
+        CloseReason::SendTimeout,
+        CloseReason::SlowClient,
+        CloseReason::Shutdown,
+        CloseReason::HandlerDone,
+        CloseReason::HandlerPanic,
+    ];
+
+    /// The reason as the metrics' `reason` label and the span's `reason` field say it:
+    /// `client_gone`, `closed`, `send_timeout`, `slow_client`, `shutdown`, `handler_done` or
+    /// `handler_panic`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::Closed => "closed",
+            CloseReason::SendTimeout => "send_timeout",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::HandlerDone => "handler_done",
+            CloseReason::HandlerPanic => "handler_panic",
+        }
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the client ended it (by leaving, or by not reading), rather than this side.
+    fn by_client(self) -> bool {
+        matches!(self, CloseReason::ClientGone | CloseReason::SendTimeout)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A `Last-Event-ID` header that cannot be an id.
 pub(crate) struct Unusable;
 
@@ -115,6 +199,7 @@ pub(crate) struct Limits {
     /// pushes and closes made from any thread. `None` in the settings themselves, and for a
     /// connection ended from the start.
     pub(crate) runtime: Option<Handle>,
+    pub(crate) metrics: StreamMetrics,
 }
 
 struct State {
@@ -122,9 +207,8 @@ struct State {
     /// Queued frames that count against the buffer: all but replays, `retry` and farewells.
     counted: usize,
     phase: Phase,
-    /// Whether this side ended the stream ([`Connection::close`], a shutdown, a hub), rather
-    /// than the client.
-    closed_here: bool,
+    /// Why the stream ended, once it has.
+    reason: Option<CloseReason>,
     handles: u32,
     body: Option<Waker>,
     /// When a push first found the buffer full since the body last took from it.
@@ -133,11 +217,19 @@ struct State {
     /// connection among its subscribers only when it has joined one, so that subscribing
     /// twice is noticed at no cost to the others.
     hubs_joined: u16,
+    /// Events in the frames popped since the last frame was handed to the body.
+    popped_events: u64,
+    report: StreamReport,
+    /// The stream's places in the hubs' subscriber gauges, dropped when it ends.
+    #[cfg(feature = "metrics")]
+    subscriptions: Vec<Subscription>,
 }
 
 struct Queued {
     frame: Bytes,
     counted: bool,
+    /// How many events the frame holds.
+    events: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,31 +252,38 @@ pub(crate) enum Refused {
 impl Connection {
     /// A new handle and the shared queue for the body to read, on the runtime of `limits`.
     pub(crate) fn new(limits: Arc<Limits>, last_event_id: LastEventId) -> (Self, Arc<Shared>) {
-        Self::with_phase(limits, last_event_id, Phase::Open)
+        let report = StreamReport::start(&limits.metrics);
+        Self::with_phase(limits, last_event_id, Phase::Open, report)
     }
 
     /// A handle whose stream has already ended as if its client had gone: pushes fail with
     /// [`PushError::Disconnected`] and [`closed`](Self::closed) resolves at once. It needs no
     /// runtime, for a request that could not get a stream.
     pub(crate) fn ended(limits: Arc<Limits>, last_event_id: LastEventId) -> Self {
-        Self::with_phase(limits, last_event_id, Phase::Gone).0
+        let report = StreamReport::never();
+        Self::with_phase(limits, last_event_id, Phase::Gone, report).0
     }
 
     fn with_phase(
         limits: Arc<Limits>,
         last_event_id: LastEventId,
         phase: Phase,
+        report: StreamReport,
     ) -> (Self, Arc<Shared>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 counted: 0,
+                reason: (phase != Phase::Open).then_some(CloseReason::ClientGone),
                 phase,
-                closed_here: false,
                 handles: 1,
                 body: None,
                 full_since: None,
                 hubs_joined: 0,
+                popped_events: 0,
+                report,
+                #[cfg(feature = "metrics")]
+                subscriptions: Vec::new(),
             }),
             changed: Notify::new(),
             limits,
@@ -275,7 +374,7 @@ impl Connection {
             }
             let next = poll_fn(|cx| match stream.as_mut().poll_next(cx) {
                 Poll::Ready(item) => Poll::Ready(Some(item)),
-                Poll::Pending => closed.as_mut().poll(cx).map(|()| None),
+                Poll::Pending => closed.as_mut().poll(cx).map(|_| None),
             })
             .await;
             match next {
@@ -288,7 +387,7 @@ impl Connection {
 
     /// Why pushes fail on a stream that has ended.
     fn why_ended(&self) -> PushError {
-        match self.shared.lock().closed_here {
+        match self.shared.lock().closed_here() {
             true => PushError::Closed,
             false => PushError::Disconnected,
         }
@@ -305,10 +404,10 @@ impl Connection {
     pub fn try_push(&self, event: impl Into<Event>) -> Result<(), TryPushError> {
         let event = event.into();
         event.validate().map_err(TryPushError::Invalid)?;
-        self.offer(event, Event::finish)
+        self.offer(event, 1, Event::finish)
             .map_err(|(refused, event)| match refused {
                 Refused::Full => TryPushError::Full(event),
-                Refused::Ended if self.shared.lock().closed_here => TryPushError::Closed(event),
+                Refused::Ended if self.shared.lock().closed_here() => TryPushError::Closed(event),
                 Refused::Ended => TryPushError::Disconnected(event),
             })
     }
@@ -317,17 +416,33 @@ impl Connection {
     /// [`PushError::Closed`] and send nothing. Calling it again does nothing. It may be called
     /// from any thread.
     pub fn close(&self) {
-        self.shared.close_here(None);
+        self.shared.close_here(None, CloseReason::Closed);
     }
 
-    /// Resolves when the stream has ended: the client went away, or the stream was closed.
-    pub async fn closed(&self) {
+    /// Closes the stream as [`close`](Self::close) does, for `reason`.
+    pub(crate) fn close_for(&self, reason: CloseReason) {
+        self.shared.close_here(None, reason);
+    }
+
+    /// Resolves when the stream has ended (the client went away, or the stream was closed),
+    /// with the reason.
+    ///
+    /// ```
+    /// # use tower_eventsource::{CloseReason, Connection};
+    /// async fn handler(conn: Connection) {
+    ///     match conn.closed().await {
+    ///         CloseReason::ClientGone => { /* the browser left */ }
+    ///         reason => println!("stream ended: {reason}"),
+    ///     }
+    /// }
+    /// ```
+    pub async fn closed(&self) -> CloseReason {
         loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.is_closed() {
-                return;
+            if let Some(reason) = self.close_reason() {
+                return reason;
             }
             changed.await;
         }
@@ -336,6 +451,11 @@ impl Connection {
     /// Whether the stream has ended; pushes fail from then on.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().phase != Phase::Open
+    }
+
+    /// Why the stream ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.lock().reason
     }
 
     /// The request's `Last-Event-ID`: the id of the last event the browser saw before it
@@ -363,7 +483,7 @@ impl Connection {
     pub(crate) async fn send(&self, frame: Bytes) -> Result<(), Refused> {
         let mut frame = Some(frame);
         self.when_not_full(|| match frame.take() {
-            Some(bytes) => match self.try_send(bytes) {
+            Some(bytes) => match self.try_send(bytes, 1) {
                 Err((Refused::Full, bytes)) => {
                     frame = Some(bytes);
                     Err(Refused::Full)
@@ -411,13 +531,20 @@ impl Connection {
         }
     }
 
-    /// Queues an encoded frame if the buffer has room, handing it back if not.
-    pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), (Refused, Bytes)> {
-        self.offer(frame, |frame| frame)
+    /// Queues an encoded frame of `events` events if the buffer has room, handing it back if
+    /// not.
+    pub(crate) fn try_send(&self, frame: Bytes, events: u32) -> Result<(), (Refused, Bytes)> {
+        self.offer(frame, events, |frame| frame)
     }
 
-    /// Queues `item`, encoded by `encode` once it is known to fit, or hands it back.
-    fn offer<T>(&self, item: T, encode: impl FnOnce(T) -> Bytes) -> Result<(), (Refused, T)> {
+    /// Queues `item`, `events` events encoded by `encode` once they are known to fit, or hands
+    /// it back.
+    fn offer<T>(
+        &self,
+        item: T,
+        events: u32,
+        encode: impl FnOnce(T) -> Bytes,
+    ) -> Result<(), (Refused, T)> {
         let mut state = match self.room() {
             Ok(state) => state,
             Err(refused) => return Err((refused, item)),
@@ -425,6 +552,7 @@ impl Connection {
         state.queue.push_back(Queued {
             frame: encode(item),
             counted: true,
+            events,
         });
         state.counted += 1;
         // The body waits only on an empty queue: later pushes need not wake it again.
@@ -446,17 +574,22 @@ impl Connection {
             Phase::Open if !self.shared.stalled(&mut state) => Err(Refused::Full),
             Phase::Open => {
                 drop(state);
-                self.shared.end(Phase::Gone);
+                self.shared.end(Phase::Gone, CloseReason::SendTimeout);
                 Err(Refused::Ended)
             }
             Phase::Closing | Phase::Gone => Err(Refused::Ended),
         }
     }
 
-    /// Queues `frames` past the buffer's bound, for a replay (or the stream's first `retry:`)
-    /// whose size the caller bounds: a replay of any length leaves the buffer's room to live
-    /// events. The frames are shared, not copied. Returns whether the stream was open.
-    pub(crate) fn send_unbounded(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
+    /// Queues `frames` of `events` events each past the buffer's bound, for a replay (or the
+    /// stream's first `retry:`) whose size the caller bounds: a replay of any length leaves the
+    /// buffer's room to live events. The frames are shared, not copied. Returns whether the
+    /// stream was open.
+    pub(crate) fn send_unbounded(
+        &self,
+        frames: impl IntoIterator<Item = Bytes>,
+        events: u32,
+    ) -> bool {
         let mut state = self.shared.lock();
         if state.phase != Phase::Open {
             return false;
@@ -465,6 +598,7 @@ impl Connection {
         state.queue.extend(frames.into_iter().map(|frame| Queued {
             frame,
             counted: false,
+            events,
         }));
         let body = match before == 0 && !state.queue.is_empty() {
             true => state.body.take(),
@@ -480,10 +614,32 @@ impl Connection {
         self.shared.lock().hubs_joined > 0
     }
 
-    /// Records that a hub subscribed this connection.
-    pub(crate) fn note_joined_hub(&self) {
+    /// Records that a hub subscribed this connection, with its place in the hub's subscriber
+    /// gauge, given up when the stream ends.
+    pub(crate) fn note_joined_hub(&self, subscription: Option<Subscription>) {
         let mut state = self.shared.lock();
         state.hubs_joined = state.hubs_joined.saturating_add(1);
+        #[cfg(feature = "metrics")]
+        if let Some(subscription) = subscription {
+            if !state.report.has_ended() {
+                state.subscriptions.push(subscription);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        drop(subscription);
+    }
+
+    /// Records on the stream's span which hub it joined and how it resumed.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn record_subscription(&self, hub: &str, resume: &str) {
+        let span = self.shared.lock().report.span().clone();
+        crate::observe::record_subscription(&span, hub, resume);
+    }
+
+    /// The stream's span.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.shared.lock().report.span().clone()
     }
 
     /// Whether `other` is a handle of the same stream.
@@ -509,8 +665,13 @@ impl Drop for Connection {
         state.handles -= 1;
         if state.handles == 0 {
             // Nobody can push any more: the stream closes like after `close`, so the send
-            // timeout still watches what is queued.
-            self.shared.end_locked(state, Phase::Closing);
+            // timeout still watches what is queued. The last handle dropped while unwinding
+            // was a handler's that panicked.
+            let reason = match std::thread::panicking() {
+                true => CloseReason::HandlerPanic,
+                false => CloseReason::HandlerDone,
+            };
+            self.shared.end_locked(state, Phase::Closing, reason);
         }
     }
 }
@@ -537,21 +698,31 @@ impl Shared {
     }
 
     /// Moves from `Open` to `phase` (or from anything to `Gone`) and wakes everyone waiting.
-    fn end(self: &Arc<Self>, phase: Phase) {
+    /// `reason` is why, unless the stream had begun to end already.
+    fn end(self: &Arc<Self>, phase: Phase, reason: CloseReason) {
         let state = self.lock();
-        self.end_locked(state, phase);
+        self.end_locked(state, phase, reason);
     }
 
-    fn end_locked(self: &Arc<Self>, mut state: MutexGuard<'_, State>, phase: Phase) {
+    fn end_locked(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        phase: Phase,
+        reason: CloseReason,
+    ) {
         if state.phase == Phase::Gone || (state.phase == Phase::Closing && phase == Phase::Closing)
         {
             return;
         }
+        state.reason.get_or_insert(reason);
         state.phase = phase;
         match phase {
             Phase::Gone => {
                 state.queue = VecDeque::new();
                 state.counted = 0;
+                // Nothing more will be sent: the stream has ended, even if the server polls
+                // its body no more (a client that stopped reading).
+                state.report_end();
             }
             _ => self.watch_closing(&mut state),
         }
@@ -561,19 +732,20 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// Closes the stream from this side, after `farewell` if one is given, in one step so that
-    /// nothing is queued after the farewell. Does nothing once the stream has ended.
-    pub(crate) fn close_here(self: &Arc<Self>, farewell: Option<&Bytes>) {
+    /// Closes the stream from this side for `reason`, after `farewell` (an event) if one is
+    /// given, in one step so that nothing is queued after the farewell. Does nothing once the
+    /// stream has ended.
+    pub(crate) fn close_here(self: &Arc<Self>, farewell: Option<&Bytes>, reason: CloseReason) {
         let mut state = self.lock();
         if state.phase != Phase::Open {
             return;
         }
-        state.closed_here = true;
         state.queue.extend(farewell.map(|frame| Queued {
             frame: frame.clone(),
             counted: false,
+            events: 1,
         }));
-        self.end_locked(state, Phase::Closing);
+        self.end_locked(state, Phase::Closing, reason);
     }
 
     /// With a send timeout, ends a closing stream whose queued frames the body has not taken
@@ -603,7 +775,7 @@ impl Shared {
                     }
                     let since = *state.full_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= timeout {
-                        shared.end_locked(state, Phase::Gone);
+                        shared.end_locked(state, Phase::Gone, CloseReason::SendTimeout);
                         return;
                     }
                     since.checked_add(timeout)
@@ -643,12 +815,14 @@ impl Shared {
     }
 
     /// The next frame for the body: every queued event joined (up to [`MAX_FRAME`] bytes),
-    /// `None` once the stream has ended and the queue is empty.
+    /// `None` once the stream has ended and the queue is empty, when the stream reports its
+    /// end.
     pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut state = self.lock();
         let was_full = state.counted >= self.limits.buffer;
         let Some(first) = state.pop() else {
             if state.phase != Phase::Open {
+                state.report_end();
                 return Poll::Ready(None);
             }
             if !state.body.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -674,6 +848,8 @@ impl Shared {
             _ => first,
         };
         state.full_since = None;
+        let events = std::mem::take(&mut state.popped_events);
+        state.report.sent(events, frame.len());
         // A closing stream's timer waits for the queue to empty.
         let drained = state.phase != Phase::Open && state.queue.is_empty();
         drop(state);
@@ -694,9 +870,14 @@ impl Shared {
         state.queue.is_empty() && state.phase != Phase::Open
     }
 
-    /// The body was dropped: the client is gone.
+    /// The body sent a keep-alive comment of `bytes` bytes.
+    pub(crate) fn sent_keep_alive(&self, bytes: usize) {
+        self.lock().report.sent(0, bytes);
+    }
+
+    /// The body was dropped: the client is gone, unless the stream had ended already.
     pub(crate) fn body_dropped(self: &Arc<Self>) {
-        self.end(Phase::Gone);
+        self.end(Phase::Gone, CloseReason::ClientGone);
     }
 }
 
@@ -704,7 +885,21 @@ impl State {
     fn pop(&mut self) -> Option<Bytes> {
         let queued = self.queue.pop_front()?;
         self.counted -= usize::from(queued.counted);
+        self.popped_events += u64::from(queued.events);
         Some(queued.frame)
+    }
+
+    /// Whether this side ended the stream, rather than the client.
+    fn closed_here(&self) -> bool {
+        self.reason.is_some_and(|reason| !reason.by_client())
+    }
+
+    /// Reports the end of the stream (once), and gives up its places in the hubs' gauges.
+    fn report_end(&mut self) {
+        let reason = self.reason.unwrap_or(CloseReason::ClientGone);
+        self.report.end(reason);
+        #[cfg(feature = "metrics")]
+        self.subscriptions.clear();
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::{
     body::EventStreamBody,
     connection::{stream_runtime, LastEventId, Limits, Shared},
+    observe::StreamMetrics,
     polled,
     service::EventSourceService,
     Connection, Event, Shutdown, StreamItem,
@@ -131,6 +132,7 @@ impl EventSource {
                     send_timeout: Some(Duration::from_secs(30)),
                     keep_alive: Some(Duration::from_secs(15)),
                     runtime: None,
+                    metrics: StreamMetrics::register(),
                 }),
                 retry: None,
                 shutdown: None,
@@ -335,7 +337,7 @@ impl EventSource {
         };
         let (conn, shared) = Connection::new(settings.limits_on(runtime.clone()), last_event_id);
         if let Some(retry) = settings.retry {
-            conn.send_unbounded([Event::new().retry(retry).finish()]);
+            conn.send_unbounded([Event::new().retry(retry).finish()], 0);
         }
         let open = settings
             .shutdown

@@ -371,12 +371,56 @@
 //! crash is Redis's setting: `appendonly yes` with `appendfsync always` loses nothing
 //! acknowledged; with less, a crash may lose the latest acknowledged events.
 //!
+//! # Production visibility
+//!
+//! **Why a stream ended**: [`Connection::closed`] returns a [`CloseReason`], the first cause
+//! that decided to end the stream: the client left, this side closed it, the send timeout, a
+//! hub's slow-client policy, a shutdown, the handler finished, or it panicked.
+//!
+//! **Metrics** (feature `metrics`), on the [`metrics`](https://docs.rs/metrics) facade: the
+//! application installs the exporter it likes (`metrics-exporter-prometheus`, say) *before* it
+//! builds its [`EventSource`]s and hubs, which register their metrics when built, so that each
+//! shows as 0 before anything happens. Without a recorder a metric costs a branch. No label
+//! names a key, a user or a connection.
+//!
+//! | Metric | Kind | Labels | What |
+//! |---|---|---|---|
+//! | `sse_connections_active` | gauge | | Streams open now; a stream leaves it when it ends, even if its client never reads again. |
+//! | `sse_connections_total` | counter | | Streams opened. |
+//! | `sse_connections_closed_total` | counter | `reason` | Streams ended, by [`CloseReason::as_str`]: `client_gone`, `closed`, `send_timeout`, `slow_client`, `shutdown`, `handler_done`, `handler_panic`. |
+//! | `sse_connection_duration_seconds` | histogram | `reason` | How long each stream lasted. |
+//! | `sse_events_sent_total` | counter | | Events written to streams, replays and reset events included; keep-alive comments and a frame with only `retry:` are not events. |
+//! | `sse_bytes_sent_total` | counter | | Bytes of the event-stream bodies, keep-alive comments included. |
+//! | `sse_hub_events_sent_total` | counter | `hub`, `backend` | Sends through the hub on this server that succeeded. |
+//! | `sse_hub_subscribers` | gauge | `hub`, `backend` | Subscriptions of open streams on this server. |
+//! | `sse_hub_resumes_total` | counter | `hub`, `backend`, `outcome` | Subscribes by how they started: `live`, `replayed`, `reset`. |
+//! | `sse_hub_slow_clients_total` | counter | `hub`, `backend`, `action` | Full buffers a send met: `disconnect`, or `skip` (per event skipped for a client). |
+//! | `sse_hub_send_errors_total` | counter | `hub`, `backend` | Sends that failed (not those of events that cannot be encoded). |
+//! | `sse_hub_send_duration_seconds` | histogram | `hub`, `backend` | How long each send took. |
+//! | `sse_hub_keys` | gauge | `hub`, `backend` | Keys of a [`KeyedBroadcast`] on this server. |
+//! | `sse_redis_reader_reconnects_total` | counter | `hub`, `backend` | Times this server's reader reconnected to Redis. |
+//! | `sse_redis_stream_resets_total` | counter | `hub`, `backend` | Times the reader found the hub's stream lost, recreated or trimmed past it. |
+//! | `sse_redis_reader_lag_seconds` | histogram | `hub`, `backend` | From an event's entry in Redis to its delivery here (per batch read). |
+//!
+//! `hub` is the name set with [`BroadcastBuilder::name`] (by default the Redis name, or
+//! `default`), `backend` is `memory` or `redis`.
+//!
+//! **Spans** (feature `tracing`): each stream has an `info` span `sse.stream`, a child of the
+//! span its request was served in (so it nests under tower-http's `TraceLayer`), in which the
+//! service's handler runs. It records the `hub` the stream joined and how it resumed
+//! (`resume`), and when it ends the `events` and `bytes` it sent and the `reason`. On a shared
+//! backend each send has a span `sse.send` (`hub`, `backend`). Any `tracing` subscriber shows
+//! them (`tracing-subscriber`'s `fmt` layer, or `tracing-opentelemetry` to export them).
+//!
 //! # Feature flags
 //!
 //! - `json`: [`Event::json_data`][json_data], serialising data with serde_json.
-//! - `tracing`: handler panics (error level) and handler errors (debug level) are reported
-//!   with `tracing`, and so are those of a stream given to [`EventSource::stream`] (a panic,
-//!   an error item, an event that cannot be encoded).
+//! - `tracing`: a span per stream and per send on a shared backend (see [Production
+//!   visibility](#production-visibility)); handler panics (error level) and handler errors
+//!   (debug level) are reported, and so are those of a stream given to
+//!   [`EventSource::stream`] (a panic, an error item, an event that cannot be encoded).
+//! - `metrics`: the metrics of streams and hubs (see [Production
+//!   visibility](#production-visibility)), on the `metrics` facade.
 //!
 #![cfg_attr(feature = "json", doc = "[json_data]: Event::json_data")]
 #![cfg_attr(
@@ -401,6 +445,7 @@ mod error;
 mod event;
 mod event_source;
 mod hub;
+mod observe;
 mod polled;
 mod service;
 mod shutdown;
@@ -408,7 +453,7 @@ mod shutdown;
 mod testing;
 
 pub use body::EventStreamBody;
-pub use connection::Connection;
+pub use connection::{CloseReason, Connection};
 pub use error::{PushError, TryPushError};
 pub use event::{EncodeError, Event};
 pub use event_source::EventSource;

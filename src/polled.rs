@@ -4,7 +4,8 @@
 
 use crate::{
     body::{KeepAlive, PollFrame, MAX_FRAME},
-    connection::Limits,
+    connection::{CloseReason, Limits},
+    observe::StreamReport,
     shutdown::Signal,
     EncodeError, Event, EventStreamBody,
 };
@@ -96,9 +97,11 @@ where
     EventStreamBody::polled(Box::pin(Polled {
         keep_alive: KeepAlive::new(limits.keep_alive),
         state: State {
+            report: StreamReport::start(&limits.metrics),
             limits,
-            next: first,
+            next: first.map(|retry| (retry, 0)),
             shutdown,
+            reason: None,
         },
         stream,
     }))
@@ -120,12 +123,23 @@ pin_project! {
 struct State {
     /// The keep-alive interval is `limits.keep_alive`.
     limits: Arc<Limits>,
-    /// The next frame, before any item: the `retry` field at the start, or an event taken from
-    /// the stream that did not fit in the last frame.
-    next: Option<Bytes>,
+    /// The next frame, before any item, with the number of events it holds: the `retry` field
+    /// at the start, or an event taken from the stream that did not fit in the last frame.
+    next: Option<(Bytes, u64)>,
     /// Set with [`EventSource::graceful_shutdown`](crate::EventSource::graceful_shutdown);
     /// `None` once the farewell has been handed over.
     shutdown: Option<Arc<Signal>>,
+    /// Why the stream ended, once it has.
+    reason: Option<CloseReason>,
+    report: StreamReport,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Dropped before the end was handed over: the client is gone.
+        self.report
+            .end(self.reason.unwrap_or(CloseReason::ClientGone));
+    }
 }
 
 /// The user's stream with its items encoded, so that the body's own logic is not generic.
@@ -177,8 +191,23 @@ where
         if ended {
             this.stream.set(None);
         }
-        this.keep_alive
-            .poll_frame(this.state.limits.keep_alive, data, cx)
+        let events = match &data {
+            Poll::Ready(Some(frame)) => frame.events,
+            _ => 0,
+        };
+        let data = data.map(|frame| frame.map(|frame| frame.bytes));
+        let frame = this
+            .keep_alive
+            .poll_frame(this.state.limits.keep_alive, data, cx);
+        let state = this.state;
+        match &frame {
+            Poll::Ready(Some(frame)) => state.report.sent(events, frame.len()),
+            Poll::Ready(None) => state
+                .report
+                .end(state.reason.unwrap_or(CloseReason::HandlerDone)),
+            Poll::Pending => {}
+        }
+        frame
     }
 }
 
@@ -189,25 +218,29 @@ impl State {
         &mut self,
         stream: Option<Pin<&mut dyn EventStream>>,
         cx: &mut Context<'_>,
-    ) -> (Poll<Option<Bytes>>, bool) {
+    ) -> (Poll<Option<Events>>, bool) {
         if let Some(signal) = &self.shutdown {
             if signal.is_triggered() {
+                self.reason.get_or_insert(CloseReason::Shutdown);
                 // Nothing more is taken from the stream: what it gave goes out, then the
                 // farewell, then the end.
                 if let Some(next) = self.next.take() {
-                    return (Poll::Ready(Some(next)), true);
+                    return (Poll::Ready(Some(Events::from(next))), true);
                 }
                 let farewell = signal.take_farewell();
                 self.shutdown = None;
+                let farewell = farewell.map(|bytes| Events { bytes, events: 1 });
                 return (Poll::Ready(farewell), true);
             }
         }
         let Some(mut stream) = stream else {
-            return (Poll::Ready(self.next.take()), false);
+            return (Poll::Ready(self.next.take().map(Events::from)), false);
         };
         let mut frame = Frame::Empty;
-        if let Some(next) = self.next.take() {
+        let mut events = 0;
+        if let Some((next, count)) = self.next.take() {
             frame = Frame::One(next);
+            events = count;
         }
         loop {
             // A panicking stream ends its own stream only, as a panicking handler does, not
@@ -216,14 +249,19 @@ impl State {
             match polled {
                 Ok(Poll::Ready(Some(event))) => {
                     if let Err(event) = frame.join(event) {
-                        self.next = Some(event);
+                        self.next = Some((event, 1));
                         break;
                     }
+                    events += 1;
                 }
-                Ok(Poll::Ready(None)) => return (Poll::Ready(frame.finish()), true),
+                Ok(Poll::Ready(None)) => {
+                    self.reason.get_or_insert(CloseReason::HandlerDone);
+                    return (Poll::Ready(frame.finish(events)), true);
+                }
                 Err(_panic) => {
                     report_panic();
-                    return (Poll::Ready(frame.finish()), true);
+                    self.reason.get_or_insert(CloseReason::HandlerPanic);
+                    return (Poll::Ready(frame.finish(events)), true);
                 }
                 Ok(Poll::Pending) => match frame {
                     Frame::Empty => {
@@ -239,7 +277,19 @@ impl State {
                 },
             }
         }
-        (Poll::Ready(frame.finish()), false)
+        (Poll::Ready(frame.finish(events)), false)
+    }
+}
+
+/// A frame of `events` events (none for a `retry`-only frame).
+struct Events {
+    bytes: Bytes,
+    events: u64,
+}
+
+impl From<(Bytes, u64)> for Events {
+    fn from((bytes, events): (Bytes, u64)) -> Self {
+        Events { bytes, events }
     }
 }
 
@@ -276,12 +326,14 @@ impl Frame {
         Ok(())
     }
 
-    fn finish(self) -> Option<Bytes> {
-        match self {
-            Frame::Empty => None,
-            Frame::One(frame) => Some(frame),
-            Frame::Many(joined) => Some(joined.freeze()),
-        }
+    /// The frame, holding `events` events.
+    fn finish(self, events: u64) -> Option<Events> {
+        let bytes = match self {
+            Frame::Empty => return None,
+            Frame::One(frame) => frame,
+            Frame::Many(joined) => joined.freeze(),
+        };
+        Some(Events { bytes, events })
     }
 }
 

@@ -2,17 +2,19 @@
 
 use crate::{
     body::EventStreamBody,
-    connection::Shared,
+    connection::{CloseReason, Shared},
     event_source::{empty, EventSource},
     Connection, Shutdown,
 };
 use http::{
     header, request::Parts, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 };
+use pin_project_lite::pin_project;
 use std::{
     convert::Infallible,
     fmt,
     future::Future,
+    panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -233,13 +235,17 @@ impl<H> EventSourceService<H> {
         }
         let opened = self.source.open(req.headers());
         if let Some((runtime, shared)) = opened.live {
-            let handler = Arc::clone(&self.handler);
-            let guard = PanicGuard(shared);
             let conn = opened.conn;
-            runtime.spawn(async move {
-                handler(conn, req).await.report();
-                drop(guard);
-            });
+            #[cfg(feature = "tracing")]
+            let span = conn.span();
+            let task = Handler {
+                future: (self.handler)(conn, req),
+                shared,
+            };
+            // The handler runs in the stream's span, so that what it logs nests there.
+            #[cfg(feature = "tracing")]
+            let task = tracing::Instrument::instrument(task, span);
+            runtime.spawn(task);
         }
         opened.response
     }
@@ -313,8 +319,9 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
-/// What a handler's future may return: `()`, or `Result<(), E>` for any error type that
-/// displays.
+/// What a handler's future may return: `()`, the [`CloseReason`] of
+/// [`Connection::closed`](crate::Connection::closed), or `Result<(), E>` for any error type
+/// that displays.
 ///
 /// An error is treated like a return: the handler's connection is dropped, which ends the stream
 /// unless clones of it live on (in a [`Broadcast`](crate::Broadcast), say). With the `tracing`
@@ -325,6 +332,11 @@ pub trait HandlerOutput: Send + 'static {
 }
 
 impl HandlerOutput for () {
+    fn report(self) {}
+}
+
+/// For a handler that ends with `conn.closed().await`: the stream has ended, nothing to report.
+impl HandlerOutput for CloseReason {
     fn report(self) {}
 }
 
@@ -339,16 +351,38 @@ impl<E: fmt::Display + Send + 'static> HandlerOutput for Result<(), E> {
     }
 }
 
-/// Ends the stream of a handler that panics, so that clones of its connection held elsewhere
-/// (by a [`Broadcast`](crate::Broadcast), say) do not keep it open.
-struct PanicGuard(Arc<Shared>);
+pin_project! {
+    /// A handler's future, run in its own task. When it panics, its stream is ended first,
+    /// for that reason, so that clones of its connection held elsewhere (by a
+    /// [`Broadcast`](crate::Broadcast), say) do not keep it open; then the panic goes on.
+    struct Handler<F> {
+        #[pin]
+        future: F,
+        shared: Arc<Shared>,
+    }
+}
 
-impl Drop for PanicGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            #[cfg(feature = "tracing")]
-            tracing::error!("event-stream handler panicked; its stream was ended");
-            self.0.close_here(None);
+impl<F> Future for Handler<F>
+where
+    F: Future,
+    F::Output: HandlerOutput,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        match catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => {
+                output.report();
+                Poll::Ready(())
+            }
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => {
+                #[cfg(feature = "tracing")]
+                tracing::error!("event-stream handler panicked; its stream was ended");
+                this.shared.close_here(None, CloseReason::HandlerPanic);
+                resume_unwind(panic)
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Graceful shutdown: [`Shutdown`] ends every open stream cleanly.
 
-use crate::{connection::Shared, EncodeError, Event};
+use crate::{
+    connection::{CloseReason, Shared},
+    EncodeError, Event,
+};
 use bytes::Bytes;
 use std::{
     fmt,
@@ -182,7 +185,7 @@ impl Shutdown {
             match stream {
                 Registered::Queue(stream) => {
                     if let Some(stream) = stream.upgrade() {
-                        stream.close_here(farewell.as_ref());
+                        stream.close_here(farewell.as_ref(), CloseReason::Shutdown);
                     }
                 }
                 Registered::Polled(signal) => {
@@ -201,7 +204,7 @@ impl Shutdown {
         if let Some(farewell) = &registry.triggered {
             let farewell = farewell.clone();
             drop(registry);
-            stream.close_here(farewell.as_ref());
+            stream.close_here(farewell.as_ref(), CloseReason::Shutdown);
             return false;
         }
         registry.push(Registered::Queue(Arc::downgrade(stream)));

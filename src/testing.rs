@@ -47,6 +47,7 @@ pub(crate) fn client_with(
         send_timeout: None,
         keep_alive: None,
         runtime: Some(runtime),
+        metrics: Default::default(),
     };
     let (conn, shared) = Connection::new(Arc::new(limits), last_event_id);
     (conn, EventStreamBody::stream(shared))

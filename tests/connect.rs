@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::{sync::mpsc, time::timeout};
 use tower::ServiceExt;
 use tower_eventsource::{
-    Broadcast, Connection, Event, EventSource, EventSourceService, PushError, Shutdown,
-    TryPushError,
+    Broadcast, CloseReason, Connection, Event, EventSource, EventSourceService, PushError,
+    Shutdown, TryPushError,
 };
 
 #[derive(Clone)]
@@ -294,7 +294,7 @@ fn assert_connect_answers_500() {
         conn.push("x").now_or_never(),
         Some(Err(PushError::Disconnected))
     );
-    assert_eq!(conn.closed().now_or_never(), Some(()));
+    assert_eq!(conn.closed().now_or_never(), Some(CloseReason::ClientGone));
     conn.close();
     drop(conn);
 }

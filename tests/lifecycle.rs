@@ -31,8 +31,8 @@ use tokio::{
 };
 use tower::ServiceExt;
 use tower_eventsource::{
-    Broadcast, Connection, Event, EventSourceService, HandlerOutput, PushError, Shutdown,
-    TryPushError,
+    Broadcast, CloseReason, Connection, Event, EventSourceService, HandlerOutput, PushError,
+    Shutdown, TryPushError,
 };
 
 /// A hyper server on 127.0.0.1:0 that drains its connections gracefully when `stop` fires.
@@ -371,14 +371,19 @@ async fn a_stalled_buffer_ends_the_stream_for_try_push_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_ends_only_its_own_stream() {
     let hub = Broadcast::new();
+    // A clone of the panicking handler's connection, held here as the hub holds one.
+    let (watch_tx, watch_rx) = std::sync::mpsc::channel::<Connection>();
     let events = EventSourceService::new({
         let hub = hub.clone();
+        let watch_tx = std::sync::Mutex::new(watch_tx);
         move |conn: Connection, req: Request<Incoming>| {
             let hub = hub.clone();
+            let watch_tx = watch_tx.lock().unwrap().clone();
             async move {
                 hub.subscribe(&conn).await;
                 conn.push("before").await.unwrap();
                 if req.uri().path() == "/panic" {
+                    watch_tx.send(conn.clone()).unwrap();
                     panic!("handler panicked on purpose");
                 }
                 conn.closed().await;
@@ -403,6 +408,8 @@ async fn a_panicking_handler_ends_only_its_own_stream() {
         .await
         .expect("stream ended");
     assert_eq!(body, "data: before\n\n");
+    let watched = watch_rx.recv().unwrap();
+    assert_eq!(watched.close_reason(), Some(CloseReason::HandlerPanic));
 
     // The server keeps serving: the healthy stream still gets events, and new requests work.
     timeout(Duration::from_secs(5), async {

@@ -12,6 +12,9 @@ mod common;
 #[cfg(feature = "redis")]
 #[path = "redis/guarantees.rs"]
 mod guarantees;
+#[cfg(all(feature = "redis", feature = "metrics", feature = "tracing"))]
+#[path = "redis/observe.rs"]
+mod observe;
 #[cfg(feature = "redis")]
 #[path = "redis/scale_out.rs"]
 mod scale_out;
@@ -26,4 +29,13 @@ mod server;
 #[ignore = "needs the redis feature and redis-server: cargo test --features redis --test redis -- --include-ignored"]
 fn redis_scale_out_tests_need_the_redis_feature() {
     panic!("build with --features redis to run the Redis scale-out tests");
+}
+
+/// Stands for the Redis metrics and spans test in a build without the `metrics` and `tracing`
+/// features.
+#[cfg(all(feature = "redis", not(all(feature = "metrics", feature = "tracing"))))]
+#[test]
+#[ignore = "needs the metrics and tracing features: cargo test --all-features --test redis -- --include-ignored"]
+fn redis_metrics_tests_need_the_metrics_and_tracing_features() {
+    panic!("build with --all-features to run the Redis metrics and spans test");
 }

@@ -3,7 +3,7 @@
 
 use super::Settings;
 use super::{topic::Topic, BackendError, BroadcastStats, HistoryEntry, Resume, SendError, Sent};
-use crate::{Connection, Event};
+use crate::{observe::BackendKind, Connection, Event};
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -13,6 +13,12 @@ pub(crate) trait Connector: fmt::Debug + Send + Sync {
     /// The backend of one hub, keyed or not. Never waits: connecting happens in the
     /// background.
     fn start(&self, settings: Arc<Settings>, keyed: bool) -> Arc<dyn Backend>;
+
+    /// What it is, for the `backend` label.
+    fn kind(&self) -> BackendKind;
+
+    /// The hub's name in the backend, the default name in metrics and spans.
+    fn hub_name(&self) -> &str;
 }
 
 /// A backend shared by several servers: it stores each event, numbers it, and feeds it to the

@@ -3,7 +3,7 @@
 
 use super::{
     backend::{Backend, Connector},
-    subscribe_topic,
+    observe_send, subscribe_topic,
     topic::Topic,
     BackendError, BroadcastBuilder, BroadcastStats, HistoryEntry, Resume, SendError, Sent,
     Settings,
@@ -213,7 +213,7 @@ where
     /// The hub. It never waits: a backend connects in the background (see
     /// [`KeyedBroadcast::ready`]).
     pub fn build(self) -> KeyedBroadcast<K> {
-        let settings = self.template.settings(self.linger);
+        let settings = self.template.settings(self.linger, true);
         let backend = self
             .template
             .backend
@@ -357,7 +357,7 @@ where
                 if let (Some(backend), Some(name)) = (&self.inner.backend, name) {
                     backend.attach(Some(name), &topic);
                 }
-                map.insert(key.to_owned(), Arc::clone(&topic), None);
+                map.insert(key.to_owned(), Arc::clone(&topic), None, &self.inner);
                 topic
             }
         };
@@ -450,10 +450,31 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         event.validate()?;
+        let settings = &self.inner.settings;
         if let Some(backend) = &self.inner.backend {
-            let name = self.name(&key.to_owned()).map_err(SendError::NotStored)?;
-            return backend.send(Some(&name), idempotency, event).await;
+            let send = async {
+                let name = self.name(&key.to_owned()).map_err(SendError::NotStored)?;
+                backend.send(Some(&name), idempotency, event).await
+            };
+            return observe_send(settings, true, send).await;
         }
+        observe_send(settings, false, async {
+            self.send_here(key, idempotency, event)
+        })
+        .await
+    }
+
+    /// Sends `event` in-process.
+    fn send_here<Q>(
+        &self,
+        key: &Q,
+        idempotency: Option<&str>,
+        event: Event,
+    ) -> Result<Sent, SendError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = Instant::now();
         let mut map = self.lock();
         let dropped = map.check(CHECKS_PER_CALL, now, &self.inner);
@@ -465,7 +486,7 @@ where
             None if !self.inner.has_history() => None,
             None => {
                 let topic = self.new_topic();
-                map.insert(key.to_owned(), Arc::clone(&topic), Some(now));
+                map.insert(key.to_owned(), Arc::clone(&topic), Some(now), &self.inner);
                 Some(topic)
             }
         };
@@ -620,7 +641,7 @@ where
         let removed = unwanted
             .then(|| map.keys.remove_entry(key))
             .flatten()
-            .inspect(|(_, slot)| map.retire(slot));
+            .inspect(|(_, slot)| map.retire(slot, &self.inner));
         drop(removed);
     }
 
@@ -671,17 +692,18 @@ where
                 continue;
             }
             if let Some((key, slot)) = self.keys.remove_entry(&key) {
-                self.retire(&slot);
+                self.retire(&slot, inner);
                 dropped.push((key, slot));
             }
         }
         dropped
     }
 
-    fn insert(&mut self, key: K, topic: Arc<Topic>, last_event: Option<Instant>) {
+    fn insert(&mut self, key: K, topic: Arc<Topic>, last_event: Option<Instant>, inner: &Inner<K>) {
         let serial = self.next_serial;
         self.next_serial += 1;
         self.created += 1;
+        inner.settings.metrics.keys(1.0);
         self.queue.push_back((key.clone(), serial));
         let slot = Slot {
             topic,
@@ -693,9 +715,10 @@ where
     }
 
     /// Counts a dropped key and keeps its counters.
-    fn retire(&mut self, slot: &Slot) {
+    fn retire(&mut self, slot: &Slot, inner: &Inner<K>) {
         self.retired.add(slot.topic.stats());
         self.dropped += 1;
+        inner.settings.metrics.keys(-1.0);
     }
 }
 

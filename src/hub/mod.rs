@@ -13,10 +13,13 @@ mod topic;
 
 pub use keyed::{KeyedBroadcast, KeyedBroadcastBuilder, KeyedBroadcastStats};
 
-use crate::{Connection, EncodeError, Event};
+use crate::{
+    observe::{BackendKind, HubMetrics, ResumeOutcome},
+    Connection, EncodeError, Event,
+};
 use backend::{Backend, Connector};
 use futures_core::Stream;
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 use topic::Topic;
 
 /// A hub that sends each event to every subscribed [`Connection`], and replays what a
@@ -99,6 +102,10 @@ pub(crate) struct Settings {
     pub(crate) response_timeout: Duration,
     /// How long a keyed hub keeps a key's history without subscribers and events.
     pub(crate) linger: Duration,
+    /// The hub's name in metrics and spans.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) name: Arc<str>,
+    pub(crate) metrics: HubMetrics,
 }
 
 /// What a hub does with a subscriber whose buffer is full.
@@ -371,9 +378,18 @@ pub struct BroadcastBuilder {
     idempotency_ttl: Duration,
     response_timeout: Duration,
     backend: Option<Arc<dyn Connector>>,
+    name: Option<String>,
 }
 
 impl BroadcastBuilder {
+    /// The hub's name in metrics (the `hub` label) and spans, so that a dashboard tells hubs
+    /// apart; give each hub its own. Default: the backend's name for the hub (the name given
+    /// to `redis`), or `default` in-process.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Keeps the latest `events` events for replay: a browser that reconnects with the id of
     /// one of them resumes exactly (per key, for a [`KeyedBroadcast`]). Default: 0, no history
     /// (no ids are assigned, nothing is replayed, no reset event is sent).
@@ -429,8 +445,20 @@ impl BroadcastBuilder {
         self
     }
 
-    fn settings(&self, linger: Duration) -> Arc<Settings> {
+    /// The settings of a hub (`keyed` or not), registering its metrics.
+    fn settings(&self, linger: Duration, keyed: bool) -> Arc<Settings> {
+        let name = match (&self.name, &self.backend) {
+            (Some(name), _) => name.as_str(),
+            (None, Some(connector)) => connector.hub_name(),
+            (None, None) => "default",
+        };
+        let kind = self
+            .backend
+            .as_ref()
+            .map_or(BackendKind::Memory, |connector| connector.kind());
         Arc::new(Settings {
+            name: name.into(),
+            metrics: HubMetrics::register(name, kind, keyed),
             linger,
             history_events: self.history_events,
             history_bytes: self.history_bytes,
@@ -444,7 +472,7 @@ impl BroadcastBuilder {
     /// The hub. It never waits: a backend connects in the background (see
     /// [`Broadcast::ready`]).
     pub fn build(self) -> Broadcast {
-        let settings = self.settings(Duration::ZERO);
+        let settings = self.settings(Duration::ZERO, false);
         let (topic, backend) = match &self.backend {
             None => (Topic::local(settings), None),
             Some(connector) => {
@@ -484,6 +512,7 @@ impl Broadcast {
             idempotency_ttl: Duration::from_secs(3600),
             response_timeout: Duration::from_secs(5),
             backend: None,
+            name: None,
         }
     }
 
@@ -566,12 +595,21 @@ impl Broadcast {
 
     async fn send_with(&self, idempotency: Option<&str>, event: Event) -> Result<Sent, SendError> {
         event.validate()?;
+        let settings = self.inner.topic.settings();
         match &self.inner.backend {
-            Some(backend) => backend.send(None, idempotency, event).await,
-            None => Ok(match idempotency {
-                Some(key) => self.inner.topic.send_idempotent(key, event).0,
-                None => self.inner.topic.send(event),
-            }),
+            Some(backend) => {
+                observe_send(settings, true, backend.send(None, idempotency, event)).await
+            }
+            None => {
+                let topic = &self.inner.topic;
+                let send = async {
+                    Ok(match idempotency {
+                        Some(key) => topic.send_idempotent(key, event).0,
+                        None => topic.send(event),
+                    })
+                };
+                observe_send(settings, false, send).await
+            }
         }
     }
 
@@ -659,9 +697,54 @@ impl Broadcast {
     }
 }
 
+/// Runs a valid event's `send` (on a `shared` backend, or in-process), with its outcome and
+/// duration in the hub's metrics and, on a shared backend, in a span `sse.send` of its own.
+async fn observe_send(
+    settings: &Settings,
+    shared: bool,
+    send: impl Future<Output = Result<Sent, SendError>>,
+) -> Result<Sent, SendError> {
+    let started = std::time::Instant::now();
+    #[cfg(feature = "tracing")]
+    let result = {
+        let span = match shared {
+            true => tracing::info_span!("sse.send", hub = &*settings.name, backend = "redis"),
+            false => tracing::Span::none(),
+        };
+        tracing::Instrument::instrument(send, span).await
+    };
+    #[cfg(not(feature = "tracing"))]
+    let result = send.await;
+    let _ = shared;
+    settings.metrics.send(result.is_ok(), started.elapsed());
+    result
+}
+
 /// Subscribes `conn` to `topic`: by the topic itself when it can tell where the connection
-/// resumes, else through the backend.
+/// resumes, else through the backend. The outcome goes to the hub's metrics and the stream's
+/// span.
 async fn subscribe_topic(
+    topic: &Arc<Topic>,
+    backend: Option<&dyn Backend>,
+    key: Option<&str>,
+    conn: &Connection,
+    cursor: Option<&str>,
+) -> Resume {
+    let resume = subscribe_topic_quietly(topic, backend, key, conn, cursor).await;
+    let outcome = match resume {
+        Resume::Live => ResumeOutcome::Live,
+        Resume::Replayed(_) => ResumeOutcome::Replayed,
+        Resume::Reset => ResumeOutcome::Reset,
+        _ => return resume,
+    };
+    let settings = topic.settings();
+    settings.metrics.resumed(outcome);
+    #[cfg(feature = "tracing")]
+    conn.record_subscription(&settings.name, outcome.as_str());
+    resume
+}
+
+async fn subscribe_topic_quietly(
     topic: &Arc<Topic>,
     backend: Option<&dyn Backend>,
     key: Option<&str>,

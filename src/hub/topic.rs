@@ -9,7 +9,7 @@
 //! by a backend it takes the numbers the backend gave them.
 
 use super::{BroadcastStats, HistoryEntry, Resume, Sent, Settings, SlowClient};
-use crate::connection::{Connection, Refused};
+use crate::connection::{CloseReason, Connection, Refused};
 use bytes::{Bytes, BytesMut};
 use std::{
     collections::{HashMap, VecDeque},
@@ -126,6 +126,11 @@ impl Topic {
 
     fn has_history(&self) -> bool {
         self.settings.history_events > 0
+    }
+
+    /// The settings of the topic's hub.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Numbers, keeps and delivers an event an in-process hub was given; the event is valid.
@@ -253,7 +258,7 @@ impl Topic {
             return Some(Resume::Ended);
         }
         if !self.has_history() || (cursor.is_none() && !unusable) {
-            Self::add_subscriber(&mut state, conn);
+            self.add_subscriber(&mut state, conn);
             return Some(Resume::Live);
         }
         let cursor = cursor.filter(|_| !unusable).and_then(parse_id);
@@ -346,7 +351,7 @@ impl Topic {
             let frame = self.reset_frame(epoch, newest);
             let stats = &mut state.stats;
             state.subscribers.retain(|conn| {
-                let open = conn.send_unbounded([frame.clone()]);
+                let open = conn.send_unbounded([frame.clone()], 1);
                 stats.resets += u64::from(open);
                 open
             });
@@ -377,21 +382,21 @@ impl Topic {
                 .map(|entry| entry.frame.clone()),
         );
         let count = frames.len();
-        if !conn.send_unbounded(frames) {
+        if !conn.send_unbounded(frames, 1) {
             return Resume::Ended;
         }
         state.stats.deliveries += count as u64;
         state.stats.replays += 1;
-        Self::add_subscriber(state, conn);
+        self.add_subscriber(state, conn);
         Resume::Replayed(count)
     }
 
     fn reset(&self, state: &mut State, conn: &Connection, epoch: &str, newest: u64) -> Resume {
-        if !conn.send_unbounded([self.reset_frame(epoch, newest)]) {
+        if !conn.send_unbounded([self.reset_frame(epoch, newest)], 1) {
             return Resume::Ended;
         }
         state.stats.resets += 1;
-        Self::add_subscriber(state, conn);
+        self.add_subscriber(state, conn);
         Resume::Reset
     }
 
@@ -408,12 +413,12 @@ impl Topic {
 
     /// Keeps a clone of `conn`, first forgetting gone subscribers when the list has doubled
     /// since they were last forgotten.
-    fn add_subscriber(state: &mut State, conn: &Connection) {
+    fn add_subscriber(&self, state: &mut State, conn: &Connection) {
         if state.subscribers.len() >= state.prune_at {
             state.subscribers.retain(|s| !s.is_closed());
             state.prune_at = (state.subscribers.len() * 2).max(64);
         }
-        conn.note_joined_hub();
+        conn.note_joined_hub(self.settings.metrics.subscribed());
         state.subscribers.push(conn.clone());
     }
 
@@ -422,24 +427,28 @@ impl Topic {
         let mut reached = 0;
         let stats = &mut state.stats;
         let policy = self.settings.slow_client;
-        state
-            .subscribers
-            .retain(|subscriber| match subscriber.try_send(frame.clone()) {
+        let metrics = &self.settings.metrics;
+        let count = u32::try_from(events).unwrap_or(u32::MAX);
+        state.subscribers.retain(
+            |subscriber| match subscriber.try_send(frame.clone(), count) {
                 Ok(()) => {
                     reached += 1;
                     true
                 }
                 Err((Refused::Full, _)) if policy == SlowClient::Skip => {
                     stats.events_skipped += events;
+                    metrics.slow_client(false);
                     true
                 }
                 Err((Refused::Full, _)) => {
-                    subscriber.close();
+                    subscriber.close_for(CloseReason::SlowClient);
                     stats.slow_disconnects += 1;
+                    metrics.slow_client(true);
                     false
                 }
                 Err((Refused::Ended, _)) => false,
-            });
+            },
+        );
         stats.events_sent += events;
         stats.deliveries += reached as u64 * events;
         reached
@@ -528,7 +537,7 @@ mod tests {
     const F: &str = "00000000000000f2";
 
     fn settings(builder: BroadcastBuilder) -> Arc<Settings> {
-        builder.settings(Duration::ZERO)
+        builder.settings(Duration::ZERO, false)
     }
 
     fn fed(history: usize) -> Topic {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod example;
+pub(crate) mod metrics;
 
 use bytes::Bytes;
 use eventsource_stream::Eventsource;

@@ -23,7 +23,7 @@ use super::{
     BackendError, BroadcastBuilder, BroadcastStats, HistoryEntry, KeyedBroadcastBuilder, Resume,
     SendError, Sent, Settings,
 };
-use crate::{Connection, Event};
+use crate::{observe::BackendKind, Connection, Event};
 use ::redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::StreamRangeReply,
@@ -126,6 +126,14 @@ impl fmt::Debug for RedisConnector {
 }
 
 impl Connector for RedisConnector {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    fn hub_name(&self) -> &str {
+        &self.name
+    }
+
     fn start(&self, settings: Arc<Settings>, keyed: bool) -> Arc<dyn Backend> {
         let name = &self.name;
         let core = Arc::new(Core {

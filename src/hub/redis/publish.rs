@@ -41,6 +41,8 @@ local he, hn = numbering(KEYS[1], KEYS[2], ARGV[4])
 hn = hn + 1
 redis.call('HSET', KEYS[2], 'e', he, 'n', hn, 'kind', ARGV[1])
 local id = he .. '-' .. hn
+local now = redis.call('TIME')
+local t = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 if ARGV[1] == 'keyed' then
   local ke, kn = '', 0
   id = ''
@@ -54,9 +56,9 @@ if ARGV[1] == 'keyed' then
     id = ke .. '-' .. kn
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], hn .. '-0',
-    'k', ARGV[7], 'x', ke, 'o', kn, 'f', ARGV[6])
+    'k', ARGV[7], 'x', ke, 'o', kn, 't', t, 'f', ARGV[6])
 else
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], hn .. '-0', 'f', ARGV[6])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], hn .. '-0', 't', t, 'f', ARGV[6])
 end
 redis.call('SET', KEYS[5], id, 'PX', ARGV[8])
 return id

@@ -9,7 +9,11 @@ use ::redis::{
     AsyncConnectionConfig, RedisError, Value,
 };
 use bytes::Bytes;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 use tokio::time::Instant;
 
 /// Entries the reader asks for at once.
@@ -68,6 +72,7 @@ pub(super) async fn read(core: Arc<Core>) {
             Ok(look) => look,
             Err(_) => {
                 core.count(&core.counters.reader_reconnects);
+                core.settings.metrics.reader_reconnected();
                 conn = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF.1);
@@ -101,6 +106,7 @@ pub(super) async fn read(core: Arc<Core>) {
             // server had not read is lost. Start over from the new numbering's start.
             _ => {
                 core.count(&core.counters.stream_resets);
+                core.settings.metrics.stream_reset();
                 restart_all(&core.topics());
                 *position = Progress {
                     looked: true,
@@ -135,6 +141,7 @@ pub(super) async fn read(core: Arc<Core>) {
                 .await;
             if waited.is_err() {
                 core.count(&core.counters.reader_reconnects);
+                core.settings.metrics.reader_reconnected();
                 conn = None;
             }
         }
@@ -176,8 +183,10 @@ fn feed(core: &Core, epoch: &Arc<str>, at: &mut Progress, entries: Vec<StreamId>
     if first.is_some_and(|first| first > at.number + 1) {
         // Trimmed past the reader: some events never reached this server.
         core.count(&core.counters.stream_resets);
+        core.settings.metrics.stream_reset();
         restart_all(&topics);
     }
+    let mut stored: Option<u64> = None;
     for entry in entries {
         let Some(number) = entry_number(&entry.id) else {
             continue;
@@ -186,6 +195,10 @@ fn feed(core: &Core, epoch: &Arc<str>, at: &mut Progress, entries: Vec<StreamId>
             continue;
         }
         at.number = number;
+        // When Redis stored the newest entry, in milliseconds since the Unix epoch.
+        if let Some(time) = text(&entry.map, "t").and_then(|t| t.parse().ok()) {
+            stored = Some(time);
+        }
         let Some(fields) = fields(&entry.map) else {
             continue;
         };
@@ -219,6 +232,14 @@ fn feed(core: &Core, epoch: &Arc<str>, at: &mut Progress, entries: Vec<StreamId>
     drop(topics);
     for (topic, epoch, frames) in batches {
         topic.feed(&epoch, &frames);
+    }
+    if let Some(stored) = stored {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        core.settings
+            .metrics
+            .reader_lag(now.saturating_sub(Duration::from_millis(stored)));
     }
 }
 
