@@ -404,6 +404,9 @@ mod hub;
 mod polled;
 mod service;
 mod shutdown;
+#[cfg(feature = "tcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+pub mod tcp;
 #[cfg(test)]
 mod testing;
 
