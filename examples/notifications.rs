@@ -18,17 +18,22 @@
 //! origins) or a short-lived token in the query (`/events?token=alice-token`); the extractor
 //! takes all three. The tokens are fixed here (`alice-token`, `bob-token`); a real app checks
 //! its sessions.
+//!
+//! For the infrastructure: `GET /healthz` answers `200` with `ok`, or `503` with the reason
+//! while the hub's backend cannot be reached; `GET /metrics` has the metrics in Prometheus's
+//! text format with `--features metrics` (`404` without). A real app serves them on a port of
+//! their own, or keeps them from the public.
 
 use axum::{
     extract::{FromRequestParts, Path, State},
     http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use serde_json::json;
 use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
-use tower_eventsource::{Broadcast, Event, EventSource, KeyedBroadcast, Shutdown};
+use tower_eventsource::{tcp, Broadcast, Event, EventSource, KeyedBroadcast, Shutdown};
 use tower_http::cors::CorsLayer;
 
 struct App {
@@ -100,6 +105,41 @@ async fn notify(
     Ok(Json(json!({ "id": sent.id(), "reached": sent.reached() })))
 }
 
+/// `GET /healthz`: `200` with `ok` while the hub's backend can be reached (always, in-process),
+/// else `503` with the reason.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.hub.ready().await {
+        Ok(()) => "ok".into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    }
+}
+
+/// `GET /metrics`: with `--features metrics`, the Prometheus exporter, installed as the metrics
+/// recorder of the process; without it, `404`. The only place where the two differ.
+fn metrics<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    #[cfg(feature = "metrics")]
+    {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only metrics recorder");
+        // The app's version, as Prometheus's `*_build_info` convention has it.
+        metrics::gauge!("notifications_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1);
+        get(move || {
+            let text = prometheus.render();
+            async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        })
+    }
+    #[cfg(not(feature = "metrics"))]
+    get(|| async {
+        let reason = "no metrics: run the example with --features metrics\n";
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            reason,
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let (port, origin) = match options() {
@@ -110,6 +150,8 @@ async fn main() {
         }
     };
 
+    // Before the stream settings and the hub are built: they register their metrics as they are.
+    let metrics = metrics();
     let shutdown = Shutdown::new();
     let app = Arc::new(App {
         events: EventSource::new()
@@ -135,9 +177,13 @@ async fn main() {
         .route("/events", get(events))
         .route("/notify/{user}", post(notify))
         .layer(cors)
+        // Outside CORS: they are for the infrastructure, not for pages.
+        .route("/healthz", get(healthz))
+        .route("/metrics", metrics)
         .with_state(app);
 
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+    // The system's largest backlog, for the storm of reconnects after a restart.
+    let listener = match tcp::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("cannot listen on 127.0.0.1:{port}: {error}");
@@ -151,11 +197,11 @@ async fn main() {
 
     // A client that stopped reading, or vanished without closing, is dropped once TCP has had
     // no acknowledgement from it for 30 s; without this its socket and kernel send buffer stay
-    // held for as long as it stays connected (see the README's HOWTO).
-    #[cfg(target_os = "linux")]
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    });
+    // held for as long as it stays connected (see the README's HOWTO). Every socket accepted
+    // from the listener inherits it.
+    if let Err(error) = tcp::set_user_timeout(&listener, Duration::from_secs(30)) {
+        eprintln!("stuck clients are not dropped: {error}"); // not Linux
+    }
 
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
