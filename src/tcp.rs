@@ -37,8 +37,8 @@
 //!
 //! On Linux (and Android) a socket accepted from a listener inherits the listener's setting,
 //! so one call on the listener covers every connection, whether `axum::serve` or a hyper
-//! accept loop accepts them: only connections accepted before the call miss it, so make it
-//! right after [`bind`]. The option exists on Linux and Android only; elsewhere
+//! accept loop accepts them. Only connections whose handshake completed before the call miss
+//! it, so make it right after [`bind`]. The option exists on Linux and Android only; elsewhere
 //! [`set_user_timeout`] returns an [`io::ErrorKind::Unsupported`] error.
 
 use std::{io, net::SocketAddr, time::Duration};
