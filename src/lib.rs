@@ -399,10 +399,12 @@
     not(feature = "redis"),
     doc = "[redis]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.BroadcastBuilder.html#method.redis"
 )]
-
 // Links to the `tcp` module: without the `tcp` feature, to its published docs.
 #![cfg_attr(feature = "tcp", doc = "[tcp]: crate::tcp")]
-#![cfg_attr(feature = "tcp", doc = "[set_user_timeout]: crate::tcp::set_user_timeout")]
+#![cfg_attr(
+    feature = "tcp",
+    doc = "[set_user_timeout]: crate::tcp::set_user_timeout"
+)]
 #![cfg_attr(
     not(feature = "tcp"),
     doc = "[tcp]: https://docs.rs/tower-eventsource/latest/tower_eventsource/tcp/index.html"
