@@ -197,10 +197,6 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().expect("bound socket has an address");
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on http://{addr}").expect("stdout");
-    stdout.flush().expect("stdout");
 
     // TCP drops a connection whose data has gone unacknowledged, or whose client's window has
     // stayed shut, for 30 s: a client that stopped reading, or one that vanished without closing
@@ -211,6 +207,11 @@ async fn main() {
     if let Err(error) = tcp::set_user_timeout(&listener, Duration::from_secs(30)) {
         eprintln!("stuck clients are not dropped: {error}"); // not Linux
     }
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on http://{addr}").expect("stdout");
+    stdout.flush().expect("stdout");
+
     axum::serve(listener, router).await.expect("server");
 }
 

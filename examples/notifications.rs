@@ -190,10 +190,6 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().expect("bound socket has an address");
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on http://{addr}").expect("stdout");
-    stdout.flush().expect("stdout");
 
     // A client that stopped reading, or vanished without closing, is dropped once TCP has had
     // no acknowledgement from it for 30 s; without this its socket and kernel send buffer stay
@@ -202,6 +198,10 @@ async fn main() {
     if let Err(error) = tcp::set_user_timeout(&listener, Duration::from_secs(30)) {
         eprintln!("stuck clients are not dropped: {error}"); // not Linux
     }
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on http://{addr}").expect("stdout");
+    stdout.flush().expect("stdout");
 
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
