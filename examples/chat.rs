@@ -9,7 +9,9 @@
 //! the rest of the code is the same for both. The server refuses to start when Redis cannot be
 //! reached.
 //! The port can be chosen with `--port N` or the `PORT` environment variable (`0` picks a free
-//! one); the first line printed is `listening on http://127.0.0.1:PORT`.
+//! one); the first line printed is `listening on http://127.0.0.1:PORT`. With
+//! `--features metrics` (and `--features metrics,redis` for Redis), `GET /metrics` has the
+//! metrics in Prometheus's text format.
 //!
 //! The endpoints:
 //!
@@ -21,6 +23,9 @@
 //!   got. The page sends a new random key with each message, and the same one when it retries.
 //!   While the hub's backend is unreachable the answer is `503`, saying whether the message
 //!   may have been stored all the same.
+//! - `GET /healthz`: `200` with `ok`, or `503` with the reason while the hub's backend cannot be
+//!   reached, for a load balancer or an orchestrator's probe.
+//! - `GET /metrics`: the Prometheus metrics (`404` without `--features metrics`).
 //!
 //! Things to try while the page is open:
 //!
@@ -39,9 +44,9 @@
 use axum::{
     body::Body,
     extract::State,
-    http::{HeaderMap, Request, StatusCode},
+    http::{header, HeaderMap, Request, StatusCode},
     response::{Html, IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use serde::Serialize;
@@ -53,7 +58,7 @@ use std::{
     },
     time::Duration,
 };
-use tower_eventsource::{Broadcast, Connection, Event, EventSourceService, SendError};
+use tower_eventsource::{tcp, Broadcast, Connection, Event, EventSourceService, SendError};
 
 /// How many events the hub keeps for browsers that reconnect.
 const HISTORY: usize = 1000;
@@ -117,6 +122,8 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // Before the hub and the service are built: they register their metrics as they are.
+    let metrics = metrics();
     let hub = hub(redis_url.as_deref());
     // Always fine in-process; on Redis, whether it can be reached and accepts the hub. The
     // error names the server's address, never the URL's password.
@@ -176,37 +183,42 @@ async fn main() {
         .route("/admin/drop", post(drop_streams))
         .route("/admin/stop", post(stop))
         .route("/admin/stats", get(stats))
+        .route("/healthz", get(healthz))
+        .route("/metrics", metrics)
         .with_state(app);
 
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+    // The backlog is the system's largest (`somaxconn`), not tokio's 128: when every browser
+    // reconnects at once, after a restart or a network blip, none waits a second for a
+    // dropped SYN to be sent again.
+    let listener = match tcp::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("cannot listen on 127.0.0.1:{port}: {error}");
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().expect("bound socket has an address");
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on http://{addr}").expect("stdout");
-    stdout.flush().expect("stdout");
 
     // TCP drops a connection whose data has gone unacknowledged, or whose client's window has
     // stayed shut, for 30 s: a client that stopped reading, or one that vanished without closing
     // (its keep-alive comment is never acknowledged). A client that reads, however slowly,
     // acknowledges well within that; 30 s is also the send timeout. Without this, such a socket
     // and its kernel send buffer stay held as long as the client stays connected, or about
-    // 16 minutes for one that vanished.
-    #[cfg(target_os = "linux")]
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    });
+    // 16 minutes for one that vanished. Every socket accepted from the listener inherits it.
+    if let Err(error) = tcp::set_user_timeout(&listener, Duration::from_secs(30)) {
+        eprintln!("stuck clients are not dropped: {error}"); // not Linux
+    }
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on http://{addr}").expect("stdout");
+    stdout.flush().expect("stdout");
+
     axum::serve(listener, router).await.expect("server");
 }
 
 /// The chat's hub: in this process, or, with `--redis URL`, shared through Redis by every chat
 /// server that uses the same Redis. The only place where the two differ.
 fn hub(redis_url: Option<&str>) -> Broadcast {
-    let builder = Broadcast::builder().history(HISTORY);
+    let builder = Broadcast::builder().history(HISTORY).name("chat");
     let Some(url) = redis_url else {
         return builder.build();
     };
@@ -222,6 +234,30 @@ fn hub(redis_url: Option<&str>) -> Broadcast {
         eprintln!("--redis needs the example built with --features redis");
     }
     std::process::exit(2);
+}
+
+/// `GET /metrics`: with `--features metrics`, the Prometheus exporter, installed as the metrics
+/// recorder of the process; without it, `404`. The only place where the two differ.
+fn metrics<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    #[cfg(feature = "metrics")]
+    {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only metrics recorder");
+        get(move || {
+            let text = prometheus.render();
+            async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        })
+    }
+    #[cfg(not(feature = "metrics"))]
+    get(|| async {
+        let reason = "no metrics: run the example with --features metrics\n";
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            reason,
+        )
+    })
 }
 
 /// The port from `--port N`, else from `PORT`, else 3000; and the URL of `--redis URL`.
@@ -311,6 +347,15 @@ async fn recent_messages(State(app): State<Arc<App>>) -> Response {
             let reason = "the chat's backend cannot be reached: the messages cannot be read now\n";
             (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
         }
+    }
+}
+
+/// `GET /healthz`: `200` with `ok` while the hub's backend can be reached (always, in-process),
+/// else `503` with the reason, naming Redis by its address only.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.hub.ready().await {
+        Ok(()) => "ok".into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     }
 }
 

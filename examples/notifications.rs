@@ -18,17 +18,22 @@
 //! origins) or a short-lived token in the query (`/events?token=alice-token`); the extractor
 //! takes all three. The tokens are fixed here (`alice-token`, `bob-token`); a real app checks
 //! its sessions.
+//!
+//! For the infrastructure: `GET /healthz` answers `200` with `ok`, or `503` with the reason
+//! while the hub's backend cannot be reached; `GET /metrics` has the metrics in Prometheus's
+//! text format with `--features metrics` (`404` without). A real app serves them on a port of
+//! their own, or keeps them from the public.
 
 use axum::{
     extract::{FromRequestParts, Path, State},
     http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use serde_json::json;
 use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
-use tower_eventsource::{Broadcast, Event, EventSource, KeyedBroadcast, Shutdown};
+use tower_eventsource::{tcp, Broadcast, Event, EventSource, KeyedBroadcast, Shutdown};
 use tower_http::cors::CorsLayer;
 
 struct App {
@@ -100,6 +105,39 @@ async fn notify(
     Ok(Json(json!({ "id": sent.id(), "reached": sent.reached() })))
 }
 
+/// `GET /healthz`: `200` with `ok` while the hub's backend can be reached (always, in-process),
+/// else `503` with the reason.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.hub.ready().await {
+        Ok(()) => "ok".into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    }
+}
+
+/// `GET /metrics`: with `--features metrics`, the Prometheus exporter, installed as the metrics
+/// recorder of the process; without it, `404`. The only place where the two differ.
+fn metrics<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    #[cfg(feature = "metrics")]
+    {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only metrics recorder");
+        get(move || {
+            let text = prometheus.render();
+            async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        })
+    }
+    #[cfg(not(feature = "metrics"))]
+    get(|| async {
+        let reason = "no metrics: run the example with --features metrics\n";
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            reason,
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let (port, origin) = match options() {
@@ -110,12 +148,14 @@ async fn main() {
         }
     };
 
+    // Before the stream settings and the hub are built: they register their metrics as they are.
+    let metrics = metrics();
     let shutdown = Shutdown::new();
     let app = Arc::new(App {
         events: EventSource::new()
             .retry(Duration::from_secs(1))
             .graceful_shutdown(&shutdown),
-        hub: KeyedBroadcast::new(Broadcast::builder().history(100)),
+        hub: KeyedBroadcast::new(Broadcast::builder().history(100).name("notifications")),
         sessions: HashMap::from([("alice-token", "alice"), ("bob-token", "bob")]),
     });
 
@@ -135,27 +175,31 @@ async fn main() {
         .route("/events", get(events))
         .route("/notify/{user}", post(notify))
         .layer(cors)
+        // Outside CORS: they are for the infrastructure, not for pages.
+        .route("/healthz", get(healthz))
+        .route("/metrics", metrics)
         .with_state(app);
 
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+    // The system's largest backlog, for the storm of reconnects after a restart.
+    let listener = match tcp::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("cannot listen on 127.0.0.1:{port}: {error}");
             std::process::exit(1);
         }
     };
+
+    // A client that stopped reading, or vanished without closing, is dropped once TCP has had
+    // no acknowledgement from it for 30 s; without this its socket and kernel send buffer stay
+    // held for as long as it stays connected (see the README's HOWTO). Every socket accepted
+    // from the listener inherits it.
+    if let Err(error) = tcp::set_user_timeout(&listener, Duration::from_secs(30)) {
+        eprintln!("stuck clients are not dropped: {error}"); // not Linux
+    }
     let addr = listener.local_addr().expect("bound socket has an address");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on http://{addr}").expect("stdout");
     stdout.flush().expect("stdout");
-
-    // A client that stopped reading, or vanished without closing, is dropped once TCP has had
-    // no acknowledgement from it for 30 s; without this its socket and kernel send buffer stay
-    // held for as long as it stays connected (see the README's HOWTO).
-    #[cfg(target_os = "linux")]
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    });
 
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

@@ -240,12 +240,14 @@
 //! its kernel send buffer until the operating system gives up on the connection: never while a
 //! client that does not read stays connected, and for a vanished one only once the unanswered
 //! keep-alive comment has been retransmitted for many minutes (about 16 with Linux's
-//! defaults). Setting `TCP_USER_TIMEOUT` on every accepted socket bounds both (the README and
-//! the `chat` example show how, with the `socket2` crate): with 30 seconds, measured on Linux,
-//! a client that stopped reading is dropped about 30 seconds after its window shut, and an idle
-//! one that vanished about 30 seconds after the next keep-alive comment, so within the
-//! keep-alive interval plus 31 seconds. The server then drops the body and the handler sees
-//! the disconnect.
+//! defaults). `TCP_USER_TIMEOUT` bounds both, and with the `tcp` feature it takes one line on
+//! the listener, which every accepted socket inherits on Linux:
+//! [`tcp::set_user_timeout`][set_user_timeout]`(&listener, Duration::from_secs(30))` (see
+//! [`tcp`][tcp], and the `chat` example). With 30 seconds, measured on Linux, a client that
+//! stopped reading is dropped about 30 seconds after its window shut, and an idle one that
+//! vanished about 30 seconds after the next keep-alive comment, so within the keep-alive
+//! interval plus 31 seconds. The server then drops the body and the handler sees the
+//! disconnect.
 //!
 //! # Keep-alive
 //!
@@ -431,12 +433,29 @@
 //! - `redis`: [`BroadcastBuilder::redis`][redis] and `KeyedBroadcastBuilder::redis`, hubs
 //!   shared by several servers through Redis Streams, with the `redis` crate (re-exported as
 //!   `tower_eventsource::redis`; see [Scale-out with Redis](#scale-out-with-redis)).
+//! - `tcp`: the [`tcp`][tcp] module: a listener with the system's largest backlog, for the
+//!   storm of reconnects after a restart, and `TCP_USER_TIMEOUT` in one line, to drop clients
+//!   that stopped reading or vanished (see [Disconnects](#disconnects)).
 //!
 // Links to the Redis items: without the `redis` feature, to their published docs.
 #![cfg_attr(feature = "redis", doc = "[redis]: BroadcastBuilder::redis")]
 #![cfg_attr(
     not(feature = "redis"),
     doc = "[redis]: https://docs.rs/tower-eventsource/latest/tower_eventsource/struct.BroadcastBuilder.html#method.redis"
+)]
+// Links to the `tcp` module: without the `tcp` feature, to its published docs.
+#![cfg_attr(feature = "tcp", doc = "[tcp]: crate::tcp")]
+#![cfg_attr(
+    feature = "tcp",
+    doc = "[set_user_timeout]: crate::tcp::set_user_timeout"
+)]
+#![cfg_attr(
+    not(feature = "tcp"),
+    doc = "[tcp]: https://docs.rs/tower-eventsource/latest/tower_eventsource/tcp/index.html"
+)]
+#![cfg_attr(
+    not(feature = "tcp"),
+    doc = "[set_user_timeout]: https://docs.rs/tower-eventsource/latest/tower_eventsource/tcp/fn.set_user_timeout.html"
 )]
 
 mod body;
@@ -449,6 +468,9 @@ mod observe;
 mod polled;
 mod service;
 mod shutdown;
+#[cfg(feature = "tcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+pub mod tcp;
 #[cfg(test)]
 mod testing;
 

@@ -3,7 +3,9 @@
 //! going to one and read from the other). A message posted gets an id `<epoch>-<number>` and
 //! reaches the open streams with it; `GET /messages` lists it with the same id; a post repeated
 //! with the same `Idempotency-Key` is stored once; a stream resumes from `Last-Event-ID` or
-//! `?after=ID`; `POST /admin/drop` ends the streams.
+//! `?after=ID`; `POST /admin/drop` ends the streams; `GET /healthz` is `200` and `GET /metrics`
+//! is Prometheus's text format, and on Redis, once `redis-server` is stopped, `/healthz` is
+//! `503` naming the Redis that cannot be reached.
 //!
 //! The in-process checks run with a plain `cargo test --test chat`. The Redis ones need the
 //! `redis-server` program and the `redis` feature, so they are ignored by default; run them with
@@ -15,7 +17,7 @@ mod common;
 use bytes::Bytes;
 use common::{
     assert_ends,
-    example::{build, Running, BUILD},
+    example::{assert_healthy_with_metrics, build, get, metric, Running, BUILD},
     next_event, open_stream, split_id, Client, Events, BOUND,
 };
 use http::{Method, Request, StatusCode};
@@ -52,6 +54,10 @@ impl Chat {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// A request and its whole answer.
@@ -163,6 +169,9 @@ async fn expect_message(events: &mut Events, text: &str, id: &str) {
 /// The checks, the same on both backends: messages are posted to `poster` and read from
 /// `reader`, which share a hub (in-process, they are one server). The hub starts empty.
 async fn converse(poster: u16, reader: u16) {
+    for port in [poster, reader] {
+        assert_healthy_with_metrics(port, "chat").await;
+    }
     let (poster, reader) = (Chat::new(poster), Chat::new(reader));
     assert_eq!(reader.messages().await, []);
 
@@ -197,6 +206,13 @@ async fn converse(poster: u16, reader: u16) {
     expect_message(&mut stream, "once", &once).await;
     expect_message(&mut stream, "two\nlines", &lines).await;
     expect_message(&mut stream, "no key", &plain).await;
+    // The page's stream is open on the reader, and its events were counted there.
+    assert_eq!(
+        metric(reader.port(), "sse_connections_active").await,
+        Some(1.0)
+    );
+    let sent = metric(reader.port(), "sse_events_sent_total").await;
+    assert!(sent.is_some_and(|sent| sent >= 4.0), "{sent:?}");
 
     // Both servers list the same messages with the same ids, each once.
     let expected: Vec<(String, String)> = [
@@ -324,6 +340,11 @@ async fn the_chat_example_on_redis() {
     );
     let (status, body) = second.request(Method::GET, "/messages", &[], "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The health check says so, naming Redis by its address.
+    let (status, _, body) = get(second.addr.port(), "/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let redis_addr = format!("Redis at 127.0.0.1:{}", redis.port);
+    assert!(body.contains(&redis_addr), "{body}");
     assert!(
         timeout(
             Duration::from_millis(500),

@@ -2,14 +2,14 @@
 //! without credentials; per-user streams authenticated by bearer token, cookie or query token;
 //! a notification reaching only its user, with the id `POST /notify` answered (each user's
 //! numbered on their own, `<epoch>-<number>`); an exact resume from `Last-Event-ID`; CORS with
-//! credentials for the named origin only; and Ctrl-C ending every stream with the farewell
-//! before the process exits.
+//! credentials for the named origin only; `GET /healthz` and `GET /metrics` (Prometheus's text
+//! format); and Ctrl-C ending every stream with the farewell before the process exits.
 //! Run with `cargo test --test notifications` (it builds the example first).
 
 mod common;
 
 use common::{
-    example::{build, Running, BUILD},
+    example::{assert_healthy_with_metrics, build, Running, BUILD},
     next_event, read_events, split_id, Client, Events, Proto, BOUND,
 };
 use http::{header, Method, Request, StatusCode};
@@ -63,6 +63,7 @@ async fn the_notifications_example_streams_per_user_with_auth_resume_cors_and_sh
         .await
         .expect("the example starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    assert_healthy_with_metrics(server.port, "notifications").await;
 
     // No credentials, or a wrong token: 401 with a challenge, and no stream.
     for headers in [&[][..], &[("authorization", "Bearer nope")][..]] {

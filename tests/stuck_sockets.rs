@@ -1,10 +1,11 @@
 //! Clients that send their request and never read, against a real axum server on 127.0.0.1,
 //! counted by the server's open sockets (its file descriptors), not by the library's state.
-//! With `TCP_USER_TIMEOUT` set on every accepted socket, as the README shows, the kernel drops
-//! those connections soon after their data stops being acknowledged, while a client that reads
-//! still gets every event; without it they stay open past the send timeout. Linux only; each
-//! test waits a few seconds of real time, since the kernel's timer cannot run on tokio's paused
-//! clock. Run with `cargo test --test stuck_sockets`.
+//! With `TCP_USER_TIMEOUT` set on the listener with `tcp::set_user_timeout`, as the README
+//! shows, every socket axum accepts has it, and the kernel drops those connections soon after
+//! their data stops being acknowledged, while a client that reads still gets every event;
+//! without it they stay open past the send timeout. Linux only; each test waits a few seconds
+//! of real time, since the kernel's timer cannot run on tokio's paused clock. Run with
+//! `cargo test --test stuck_sockets`.
 
 #![cfg(target_os = "linux")]
 
@@ -25,11 +26,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
-};
-use tower_eventsource::{Connection, Event, EventSourceService};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tower_eventsource::{tcp, Connection, Event, EventSourceService};
 
 /// Clients that never read.
 const STUCK: usize = 20;
@@ -48,13 +46,16 @@ struct Server {
     failed: Arc<AtomicUsize>,
     /// The socket inode of every accepted connection, by the client's port.
     accepted: Arc<Mutex<HashMap<u16, u64>>>,
+    /// The `TCP_USER_TIMEOUT` of every accepted socket, read with `getsockopt`.
+    user_timeouts: Arc<Mutex<Vec<Option<Duration>>>>,
 }
 
-/// Serves streams of [`EVENTS`] events on 127.0.0.1 with axum, setting `TCP_USER_TIMEOUT` on
-/// every accepted socket when `user_timeout` is given.
+/// Serves streams of [`EVENTS`] events on 127.0.0.1 with axum, on a listener with
+/// `TCP_USER_TIMEOUT` when `user_timeout` is given.
 async fn serve(user_timeout: Option<Duration>) -> Server {
     let failed = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(Mutex::new(HashMap::new()));
+    let user_timeouts = Arc::new(Mutex::new(Vec::new()));
     let events = EventSourceService::new({
         let failed = Arc::clone(&failed);
         move |conn: Connection, _req: Request<Body>| {
@@ -79,16 +80,19 @@ async fn serve(user_timeout: Option<Duration>) -> Server {
     .send_timeout(SEND_TIMEOUT);
     let app = Router::new().route_service("/events", events);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tcp::bind("127.0.0.1:0").await.unwrap();
+    if let Some(timeout) = user_timeout {
+        tcp::set_user_timeout(&listener, timeout).expect("TCP_USER_TIMEOUT is set");
+    }
     let addr = listener.local_addr().unwrap();
     let listener = listener.tap_io({
-        let accepted = Arc::clone(&accepted);
+        let (accepted, user_timeouts) = (Arc::clone(&accepted), Arc::clone(&user_timeouts));
         move |tcp| {
-            if let Some(timeout) = user_timeout {
-                SockRef::from(&*tcp)
-                    .set_tcp_user_timeout(Some(timeout))
-                    .expect("TCP_USER_TIMEOUT is set");
-            }
+            let user_timeout = SockRef::from(&*tcp).tcp_user_timeout();
+            user_timeouts
+                .lock()
+                .unwrap()
+                .push(user_timeout.expect("getsockopt"));
             if let (Ok(peer), Some(inode)) = (tcp.peer_addr(), socket_inode(tcp.as_raw_fd())) {
                 accepted.lock().unwrap().insert(peer.port(), inode);
             }
@@ -99,6 +103,7 @@ async fn serve(user_timeout: Option<Duration>) -> Server {
         addr,
         failed,
         accepted,
+        user_timeouts,
     }
 }
 
@@ -151,6 +156,13 @@ async fn stuck_clients(server: &Server) -> (Vec<TcpStream>, Vec<u64>) {
     (clients, ends)
 }
 
+/// Checks that the server accepted `count` sockets, each with `expected` as its
+/// `TCP_USER_TIMEOUT`.
+fn assert_user_timeouts(server: &Server, expected: Option<Duration>, count: usize) {
+    let user_timeouts = server.user_timeouts.lock().unwrap();
+    assert_eq!(*user_timeouts, vec![expected; count]);
+}
+
 /// Polls every 50 ms until `done` holds; panics with `what` after [`LONG`].
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -180,6 +192,8 @@ async fn tcp_user_timeout_closes_the_sockets_of_clients_that_never_read() {
     let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
     assert_eq!(ids, expected);
 
+    // Every socket axum accepted, the reader's too, inherited the listener's setting.
+    assert_user_timeouts(&server, Some(USER_TIMEOUT), STUCK + 1);
     wait_until(
         "the server closed every never-reading client's socket",
         || open(&ends) == 0,
@@ -198,6 +212,7 @@ async fn tcp_user_timeout_closes_the_sockets_of_clients_that_never_read() {
 async fn without_tcp_user_timeout_sockets_of_clients_that_never_read_stay_open() {
     let server = serve(None).await;
     let (stuck, ends) = stuck_clients(&server).await;
+    assert_user_timeouts(&server, None, STUCK);
 
     wait_until("every stuck stream's push hit the send timeout", || {
         server.failed.load(Ordering::SeqCst) == STUCK
