@@ -245,8 +245,8 @@ pub(crate) enum BackendKind {
 }
 
 impl BackendKind {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    fn as_str(self) -> &'static str {
+    #[cfg_attr(not(any(feature = "metrics", feature = "tracing")), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendKind::Memory => "memory",
             BackendKind::Redis => "redis",
@@ -294,6 +294,13 @@ struct HubHandles {
     reader_reconnects: Option<Counter>,
     stream_resets: Option<Counter>,
     reader_lag: Option<Histogram>,
+}
+
+/// When a send started; nothing without the `metrics` feature.
+#[derive(Debug)]
+pub(crate) struct SendTimer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
 }
 
 /// A stream's place in a hub's subscriber gauge: dropped when the stream ends.
@@ -409,17 +416,26 @@ impl HubMetrics {
         }
     }
 
-    /// A send succeeded (`Ok`) or failed, after `elapsed`.
-    pub(crate) fn send(&self, ok: bool, elapsed: std::time::Duration) {
+    /// A send starts now.
+    pub(crate) fn start_send(&self) -> SendTimer {
+        SendTimer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The send `timer` timed succeeded (`ok`) or failed.
+    pub(crate) fn send(&self, ok: bool, timer: SendTimer) {
         #[cfg(feature = "metrics")]
         if let Some(handles) = &self.handles {
             match ok {
                 true => handles.events_sent.increment(1),
                 false => handles.send_errors.increment(1),
             }
+            let elapsed = timer.started.elapsed();
             handles.send_duration.record(elapsed.as_secs_f64());
         }
-        let _ = (ok, elapsed);
+        let _ = (ok, timer);
     }
 
     /// A stream joined the hub: counted until the returned subscription is dropped.

@@ -105,6 +105,8 @@ pub(crate) struct Settings {
     /// The hub's name in metrics and spans.
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) name: Arc<str>,
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) backend: BackendKind,
     pub(crate) metrics: HubMetrics,
 }
 
@@ -458,6 +460,7 @@ impl BroadcastBuilder {
             .map_or(BackendKind::Memory, |connector| connector.kind());
         Arc::new(Settings {
             name: name.into(),
+            backend: kind,
             metrics: HubMetrics::register(name, kind, keyed),
             linger,
             history_events: self.history_events,
@@ -704,11 +707,15 @@ async fn observe_send(
     shared: bool,
     send: impl Future<Output = Result<Sent, SendError>>,
 ) -> Result<Sent, SendError> {
-    let started = std::time::Instant::now();
+    let timer = settings.metrics.start_send();
     #[cfg(feature = "tracing")]
     let result = {
         let span = match shared {
-            true => tracing::info_span!("sse.send", hub = &*settings.name, backend = "redis"),
+            true => tracing::info_span!(
+                "sse.send",
+                hub = &*settings.name,
+                backend = settings.backend.as_str()
+            ),
             false => tracing::Span::none(),
         };
         tracing::Instrument::instrument(send, span).await
@@ -716,7 +723,7 @@ async fn observe_send(
     #[cfg(not(feature = "tracing"))]
     let result = send.await;
     let _ = shared;
-    settings.metrics.send(result.is_ok(), started.elapsed());
+    settings.metrics.send(result.is_ok(), timer);
     result
 }
 
