@@ -32,7 +32,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::{net::TcpListener, time::timeout};
+use tokio::time::timeout;
 use tower_eventsource::{redis, Broadcast, Connection, EventSourceService};
 
 /// Events each hub keeps for resumes.
@@ -126,7 +126,8 @@ async fn serve(hub: Broadcast) -> SocketAddr {
     })
     .buffer(4096);
     let app = Router::new().route_service("/events", events);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The system's largest backlog, so that the reconnect storm's connects are not dropped.
+    let listener = tower_eventsource::tcp::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -458,10 +458,18 @@ async fn a_cursor_further_back_than_the_history_window_gets_the_reset() {
     // The same on an instance that holds none of them: the window is Redis's.
     let c = chat(redis.client(), 2).await;
     let addr_c = serve(Hub::One(c.clone())).await;
+    let xrange = calls(&redis, "xrange").await;
     let (_c4, mut from_redis) = open_stream(addr_c, "/events", Some(&ids[3])).await;
     assert_eq!(expect(&mut from_redis, &["5", "6"]).await, ids[4..]);
+    assert_eq!(
+        calls(&redis, "xrange").await,
+        xrange + 1,
+        "one read of the events"
+    );
     let (_c5, mut out) = open_stream(addr_c, "/events", Some(&ids[2])).await;
     assert_eq!(expect_reset(&mut out).await, ids[5]);
+    // A cursor out of the window reads no events: a storm of old cursors costs Redis little.
+    assert_eq!(calls(&redis, "xrange").await, xrange + 1);
     let stats = c.stats();
     assert_eq!((stats.replays_from_backend, stats.resets), (1, 1));
 }

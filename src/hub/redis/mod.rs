@@ -354,27 +354,25 @@ impl Core {
         let (stream, meta) = self.keys_of(key);
         let cursor = cursor.and_then(parse_id);
         let window = self.window();
-        let mut read = ::redis::pipe();
-        read.atomic()
-            .cmd("HMGET")
-            .arg(&self.meta)
-            .arg("e")
-            .arg("n")
-            .cmd("HMGET")
-            .arg(&meta)
-            .arg("e")
-            .arg("n")
-            .cmd("XRANGE")
-            .arg(&stream)
+        let mut look = publish::LOOK.key(&self.meta);
+        look.key(&meta)
+            .key(&stream)
+            .arg(cursor.map_or("", |(epoch, _)| epoch))
+            .arg(cursor.map_or(0, |(_, after)| after))
             .arg(format!(
                 "{}-0",
                 cursor.map_or(0, |(_, after)| after.saturating_add(1))
             ))
-            .arg("+")
-            .arg("COUNT")
-            .arg(if cursor.is_some() { window.max(1) } else { 1 });
-        let reply: (Vec<Option<String>>, Vec<Option<String>>, StreamRangeReply) =
-            self.query(&read, &mut redis).await?;
+            .arg(window.max(1));
+        // A read is safe to repeat: once, for a connection that broke since its last use.
+        type Look = (Vec<Option<String>>, Vec<Option<String>>, StreamRangeReply);
+        let reply: Look = match self.timed(look.invoke_async(&mut redis), "read from").await {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.timed(look.invoke_async(&mut redis), "read from")
+                    .await?
+            }
+        };
         let (hub, position, page) = reply;
         let hub_epoch = hub.first().cloned().flatten();
         let hub_number = number(hub.get(1));

@@ -86,6 +86,33 @@ return {e, n}
     )
 });
 
+/// One atomic look for a resume: the hub's numbering, the key's, and the key's events after
+/// the cursor when the cursor can be resumed from (its epoch is the key's, and it is at most
+/// the window behind the newest), else none: a cursor too old or of another numbering costs
+/// no read of the stream.
+///
+/// KEYS: the hub's meta, the key's meta (the hub's again for a hub without keys), the key's
+/// stream. ARGV: the cursor's epoch (empty for none), its number, the first entry id after
+/// it (`<number + 1>-0`), the window.
+pub(super) static LOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local hub = redis.call('HMGET', KEYS[1], 'e', 'n')
+local key = redis.call('HMGET', KEYS[2], 'e', 'n')
+local page = {}
+if ARGV[1] ~= '' and key[1] == ARGV[1] then
+  local newest = tonumber(key[2] or '0') or 0
+  local after = tonumber(ARGV[2])
+  local window = tonumber(ARGV[4])
+  if after < newest and newest - after <= window then
+    page = redis.call('XRANGE', KEYS[3], ARGV[3], '+', 'COUNT', ARGV[4])
+  end
+end
+return {hub, key, page}
+",
+    )
+});
+
 /// Records the hub's kind if none is, and returns the recorded one.
 ///
 /// KEYS: the hub's meta. ARGV: the kind.
