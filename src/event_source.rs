@@ -113,6 +113,10 @@ pub(crate) struct Opened {
 
 impl EventSource {
     /// The default settings, each stated on its setter.
+    ///
+    /// With the `metrics` feature, its streams' metrics are registered here, with the recorder
+    /// installed now: install the exporter's recorder first (see [Production
+    /// visibility](crate#production-visibility)).
     pub fn new() -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -473,7 +473,8 @@ impl BroadcastBuilder {
     }
 
     /// The hub. It never waits: a backend connects in the background (see
-    /// [`Broadcast::ready`]).
+    /// [`Broadcast::ready`]). With the `metrics` feature, its metrics are registered here, with
+    /// the recorder installed now.
     pub fn build(self) -> Broadcast {
         let settings = self.settings(Duration::ZERO, false);
         let (topic, backend) = match &self.backend {
