@@ -393,7 +393,7 @@
 //! | `sse_connection_duration_seconds` | histogram | `reason` | How long each stream lasted. |
 //! | `sse_events_sent_total` | counter | | Events written to streams, replays and reset events included; keep-alive comments and a frame with only `retry:` are not events. |
 //! | `sse_bytes_sent_total` | counter | | Bytes of the event-stream bodies, keep-alive comments included. |
-//! | `sse_hub_events_sent_total` | counter | `hub`, `backend` | Sends through the hub on this server that succeeded. |
+//! | `sse_hub_events_sent_total` | counter | `hub`, `backend` | Sends through the hub on this server that succeeded, not counting repeats of an idempotency key. |
 //! | `sse_hub_subscribers` | gauge | `hub`, `backend` | Subscriptions of open streams on this server. |
 //! | `sse_hub_resumes_total` | counter | `hub`, `backend`, `outcome` | Subscribes by how they started: `live`, `replayed`, `reset`. |
 //! | `sse_hub_slow_clients_total` | counter | `hub`, `backend`, `action` | Full buffers a send met: `disconnect`, or `skip` (per event skipped for a client). |

@@ -331,7 +331,8 @@ impl HubMetrics {
             describe_counter!(
                 HUB_EVENTS_SENT,
                 Unit::Count,
-                "Events this server sent through the hub (successful sends)."
+                "Events this server sent through the hub (successful sends, not repeats of an \
+                 idempotency key)."
             );
             describe_gauge!(
                 HUB_SUBSCRIBERS,
@@ -424,18 +425,20 @@ impl HubMetrics {
         }
     }
 
-    /// The send `timer` timed succeeded (`ok`) or failed.
-    pub(crate) fn send(&self, ok: bool, timer: SendTimer) {
+    /// The send `timer` timed succeeded (`Ok(repeated)`: whether it repeated an idempotency
+    /// key, so sent nothing) or failed.
+    pub(crate) fn send(&self, outcome: Result<bool, ()>, timer: SendTimer) {
         #[cfg(feature = "metrics")]
         if let Some(handles) = &self.handles {
-            match ok {
-                true => handles.events_sent.increment(1),
-                false => handles.send_errors.increment(1),
+            match outcome {
+                Ok(false) => handles.events_sent.increment(1),
+                Ok(true) => {}
+                Err(()) => handles.send_errors.increment(1),
             }
             let elapsed = timer.started.elapsed();
             handles.send_duration.record(elapsed.as_secs_f64());
         }
-        let _ = (ok, timer);
+        let _ = (outcome, timer);
     }
 
     /// A stream joined the hub: counted until the returned subscription is dropped.

@@ -501,6 +501,7 @@ where
             return Ok(Sent {
                 id,
                 reached: Some(0),
+                repeated: false,
             });
         };
         let Some(all) = all else {

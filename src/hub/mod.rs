@@ -151,6 +151,8 @@ pub enum Resume {
 pub struct Sent {
     pub(crate) id: Option<Box<str>>,
     pub(crate) reached: Option<usize>,
+    /// A repeated idempotency key: nothing was sent (for the metrics).
+    pub(crate) repeated: bool,
 }
 
 impl Sent {
@@ -724,7 +726,8 @@ async fn observe_send(
     #[cfg(not(feature = "tracing"))]
     let result = send.await;
     let _ = shared;
-    settings.metrics.send(result.is_ok(), timer);
+    let outcome = result.as_ref().map(|sent| sent.repeated).map_err(|_| ());
+    settings.metrics.send(outcome, timer);
     result
 }
 

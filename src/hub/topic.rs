@@ -149,6 +149,7 @@ impl Topic {
             return Sent {
                 id,
                 reached: Some(reached),
+                repeated: false,
             };
         }
         // An in-process topic always knows its epoch.
@@ -159,6 +160,7 @@ impl Topic {
         Sent {
             id: Some(id.into()),
             reached: Some(reached),
+            repeated: false,
         }
     }
 
@@ -172,6 +174,7 @@ impl Topic {
                 let sent = Sent {
                     id: id.clone(),
                     reached: Some(0),
+                    repeated: true,
                 };
                 return (sent, true);
             }

@@ -272,6 +272,9 @@ async fn a_scripted_scenario_counts_every_stream_event_and_reason_exactly() {
     // Keys come and go in the gauge.
     keyed.send("one", "x").await.unwrap();
     keyed.send("two", "y").await.unwrap();
+    // A repeated idempotency key sends nothing, and is not counted as sent.
+    keyed.send_idempotent("two", "post-1", "z").await.unwrap();
+    keyed.send_idempotent("two", "post-1", "z").await.unwrap();
     let during = metrics.update(&snapshotter);
     assert_eq!(
         during.gauge(&Metrics::hub("sse_hub_keys", "rooms", "memory", None)),
@@ -350,7 +353,7 @@ async fn a_scripted_scenario_counts_every_stream_event_and_reason_exactly() {
     );
     assert_eq!(
         after.counter(&hub("sse_hub_events_sent_total", "rooms", None)),
-        2
+        3
     );
     assert_eq!(after.gauge(&hub("sse_hub_subscribers", "news", None)), 0.0);
     assert_eq!(after.gauge(&hub("sse_hub_subscribers", "slow", None)), 0.0);

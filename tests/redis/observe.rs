@@ -141,15 +141,20 @@ async fn a_redis_hub_counts_sends_lag_reconnects_resets_and_errors() {
     let at_b = seen_b.update(&b_metrics);
     assert_eq!(at_b.counter(&chat("sse_redis_stream_resets_total")), 1);
 
+    // A repeated idempotency key stores nothing, and is not counted as sent.
+    let first = a.send_idempotent("post-1", "6").await.unwrap();
+    let again = a.send_idempotent("post-1", "6").await.unwrap();
+    assert_eq!(first.id(), again.id());
+
     // Redis is gone: a send fails, and is counted as an error.
     redis.kill();
     assert!(a.send("lost").await.is_err());
     let at_a = seen_a.update(&a_metrics);
     assert_eq!(at_a.counter(&chat("sse_hub_send_errors_total")), 1);
-    assert_eq!(at_a.counter(&chat("sse_hub_events_sent_total")), 5);
+    assert_eq!(at_a.counter(&chat("sse_hub_events_sent_total")), 6);
     assert_eq!(
         at_a.histogram(&chat("sse_hub_send_duration_seconds")).len(),
-        6
+        8
     );
 }
 

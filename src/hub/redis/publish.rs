@@ -10,7 +10,7 @@ use ::redis::{RedisError, Script};
 use std::{sync::LazyLock, time::Duration};
 
 /// Stores one event and returns its id (`<epoch>-<number>`, empty for a keyed hub without
-/// history). A repeated idempotency key returns the first id and stores nothing.
+/// history) and 0. A repeated idempotency key returns the first id and 1, and stores nothing.
 ///
 /// KEYS: the hub's stream and meta, the key's stream and meta (the hub's again for a hub
 /// without keys), the idempotency record.
@@ -22,7 +22,7 @@ pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local done = redis.call('GET', KEYS[5])
-if done then return done end
+if done then return {done, 1} end
 local kind = redis.call('HGET', KEYS[2], 'kind')
 if kind and kind ~= ARGV[1] then
   return redis.error_reply('WRONGKIND the hub is a ' .. kind .. ' hub, not a ' .. ARGV[1] .. ' one')
@@ -61,7 +61,7 @@ else
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], hn .. '-0', 't', t, 'f', ARGV[6])
 end
 redis.call('SET', KEYS[5], id, 'PX', ARGV[8])
-return id
+return {id, 0}
 ",
     )
 });
@@ -173,7 +173,7 @@ impl Core {
             .arg(self.settings.linger_ms());
         let deadline = tokio::time::Instant::now() + self.settings.response_timeout;
         let mut attempt = 0;
-        let id: String = loop {
+        let (id, repeated): (String, u8) = loop {
             attempt += 1;
             let mut redis = match tokio::time::timeout_at(deadline, self.publisher()).await {
                 Ok(Ok(redis)) => redis,
@@ -200,7 +200,12 @@ impl Core {
         } else {
             Some(id.into())
         };
-        Ok(Sent { id, reached: None })
+        Ok(Sent {
+            id,
+            reached: None,
+            // A retry that finds the record its first attempt left did send the event.
+            repeated: repeated == 1 && attempt == 1,
+        })
     }
 
     fn late(&self) -> BackendError {
