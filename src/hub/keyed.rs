@@ -4,7 +4,7 @@
 use super::{
     backend::{Backend, Connector},
     observe_send, subscribe_topic,
-    topic::Topic,
+    topic::{Records, Topic},
     BackendError, BroadcastBuilder, BroadcastStats, HistoryEntry, Resume, SendError, Sent,
     Settings,
 };
@@ -150,6 +150,12 @@ struct Map<K> {
     dropped: u64,
     /// The counters of the dropped keys.
     retired: BroadcastStats,
+    /// The idempotency records of keys without a topic (dropped, or never made: a key without
+    /// history that no one follows), so that a repeat within the idempotency lifetime is
+    /// still known whatever happened to its key.
+    records: HashMap<K, Records>,
+    /// Forget expired records when `records` has this many keys.
+    records_prune_at: usize,
 }
 
 struct Slot {
@@ -233,6 +239,8 @@ where
                     created: 0,
                     dropped: 0,
                     retired: BroadcastStats::default(),
+                    records: HashMap::new(),
+                    records_prune_at: 64,
                 }),
             }),
         }
@@ -483,7 +491,23 @@ where
                 slot.last_event = Some(now);
                 Some(Arc::clone(&slot.topic))
             }
-            None if !self.inner.has_history() => None,
+            None if !self.inner.has_history() => {
+                // No topic to keep the record: the map keeps it.
+                if let Some(idempotency) = idempotency {
+                    let until = now + self.inner.settings.idempotency_ttl;
+                    let id = event.last_id().map(Box::from);
+                    if let Some(id) =
+                        map.repeat_or_record(key.to_owned(), idempotency, id, now, until)
+                    {
+                        return Ok(Sent {
+                            id,
+                            reached: Some(0),
+                            repeated: true,
+                        });
+                    }
+                }
+                None
+            }
             None => {
                 let topic = self.new_topic();
                 map.insert(key.to_owned(), Arc::clone(&topic), Some(now), &self.inner);
@@ -642,7 +666,7 @@ where
         let removed = unwanted
             .then(|| map.keys.remove_entry(key))
             .flatten()
-            .inspect(|(_, slot)| map.retire(slot, &self.inner));
+            .inspect(|(key, slot)| map.retire(key, slot, now, &self.inner));
         drop(removed);
     }
 
@@ -693,7 +717,7 @@ where
                 continue;
             }
             if let Some((key, slot)) = self.keys.remove_entry(&key) {
-                self.retire(&slot, inner);
+                self.retire(&key, &slot, now, inner);
                 dropped.push((key, slot));
             }
         }
@@ -705,6 +729,9 @@ where
         self.next_serial += 1;
         self.created += 1;
         inner.settings.metrics.keys(1.0);
+        if let Some(records) = self.records.remove(&key) {
+            topic.give_records(records);
+        }
         self.queue.push_back((key.clone(), serial));
         let slot = Slot {
             topic,
@@ -715,11 +742,48 @@ where
         self.keys.insert(key, slot);
     }
 
-    /// Counts a dropped key and keeps its counters.
-    fn retire(&mut self, slot: &Slot, inner: &Inner<K>) {
+    /// Counts a dropped key and keeps its counters and idempotency records.
+    fn retire(&mut self, key: &K, slot: &Slot, now: Instant, inner: &Inner<K>) {
         self.retired.add(slot.topic.stats());
         self.dropped += 1;
         inner.settings.metrics.keys(-1.0);
+        let records = slot.topic.take_records(now);
+        if !records.is_empty() {
+            self.keep_records(key.clone(), records, now);
+        }
+    }
+
+    /// Keeps `records` of `key`, which has no topic, first forgetting the expired ones of
+    /// every key when the map has doubled since they were last forgotten.
+    fn keep_records(&mut self, key: K, records: Records, now: Instant) {
+        if self.records.len() >= self.records_prune_at {
+            self.records.retain(|_, records| {
+                records.retain(|_, (_, until)| now < *until);
+                !records.is_empty()
+            });
+            self.records_prune_at = (self.records.len() * 2).max(64);
+        }
+        self.records.entry(key).or_default().extend(records);
+    }
+
+    /// The id of a send to `key`, which has no topic, with `idempotency` within its lifetime;
+    /// or `None` after recording `id` for it, until `until`.
+    fn repeat_or_record(
+        &mut self,
+        key: K,
+        idempotency: &str,
+        id: Option<Box<str>>,
+        now: Instant,
+        until: Instant,
+    ) -> Option<Option<Box<str>>> {
+        if let Some((id, expires)) = self.records.get(&key).and_then(|r| r.get(idempotency)) {
+            if now < *expires {
+                return Some(id.clone());
+            }
+        }
+        let record = Records::from([(idempotency.into(), (id, until))]);
+        self.keep_records(key, record, now);
+        None
     }
 }
 
@@ -1025,6 +1089,46 @@ mod tests {
         advance(Duration::from_secs(2)).await;
         assert_eq!(hub.stats().keys, 0);
         assert_eq!(hub.stats().keys_dropped, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotency_key_outlives_its_dropped_key_for_the_idempotency_lifetime() {
+        let hub = with_history();
+        let first = hub.send_idempotent(&"k", "post-1", "x").await.unwrap();
+        advance(LINGER + Duration::from_secs(1)).await;
+        assert_eq!(hub.stats().keys_dropped, 1);
+        // The key is gone; a retry within the lifetime (1 hour) is still a repeat.
+        let (conn, mut body) = client(16, None);
+        hub.subscribe(&"k", &conn).await;
+        let again = hub.send_idempotent(&"k", "post-1", "x").await.unwrap();
+        assert_eq!(again.id(), first.id());
+        assert_eq!(again.reached(), Some(0));
+        assert_eq!(ready(&mut body), "", "nothing was sent again");
+        let other = hub.send_idempotent(&"k", "post-2", "y").await.unwrap();
+        assert_ne!(other.id(), first.id());
+        assert!(ready(&mut body).starts_with("data: y\n"));
+        // After the lifetime the record is gone.
+        drop((conn, body));
+        advance(Duration::from_secs(3600)).await;
+        let late = hub.send_idempotent(&"k", "post-1", "x").await.unwrap();
+        assert_ne!(late.id(), first.id());
+    }
+
+    #[tokio::test]
+    async fn a_key_without_history_or_subscribers_still_knows_its_idempotency_keys() {
+        let hub = without_history();
+        let (all, mut body) = client(16, None);
+        assert_eq!(hub.subscribe_all(&all).await, Resume::Live);
+        for _ in 0..2 {
+            let sent = hub.send_idempotent(&"nobody", "post-1", "x").await.unwrap();
+            assert_eq!(sent.reached(), Some(0));
+        }
+        assert_eq!(
+            ready(&mut body),
+            "data: x\n\n",
+            "every key's subscriber got it once"
+        );
+        assert_eq!(hub.stats().keys, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,7 +47,7 @@ struct State {
     missed: bool,
     /// Idempotency keys seen by an in-process topic, with the id they got and when they
     /// expire.
-    idempotent: HashMap<Box<str>, (Option<Box<str>>, Instant)>,
+    idempotent: Records,
     idempotent_prune_at: usize,
     stats: BroadcastStats,
 }
@@ -56,6 +56,10 @@ struct Entry {
     number: u64,
     frame: Bytes,
 }
+
+/// Idempotency records: each idempotency key seen, with the id its send got and when the
+/// record expires.
+pub(crate) type Records = HashMap<Box<str>, (Option<Box<str>>, Instant)>;
 
 /// An event id this crate's hubs hand out: `<epoch>-<number>`.
 pub(crate) fn parse_id(id: &str) -> Option<(&str, u64)> {
@@ -189,6 +193,19 @@ impl Topic {
             .idempotent
             .insert(key.into(), (sent.id.clone(), until));
         (sent, false)
+    }
+
+    /// Takes the records that have not expired by `now`, for a keyed hub that drops this topic
+    /// and keeps them for the key.
+    pub(crate) fn take_records(&self, now: Instant) -> Records {
+        let mut records = std::mem::take(&mut self.lock().idempotent);
+        records.retain(|_, (_, until)| now < *until);
+        records
+    }
+
+    /// Takes over `records` of this topic's key from before it was dropped.
+    pub(crate) fn give_records(&self, records: Records) {
+        self.lock().idempotent.extend(records);
     }
 
     /// Keeps and delivers events a backend numbered, in order: `frames` are each event's
