@@ -741,7 +741,28 @@ async fn subscribe_topic(
     conn: &Connection,
     cursor: Option<&str>,
 ) -> Resume {
-    let resume = subscribe_topic_quietly(topic, backend, key, conn, cursor).await;
+    let resume = async {
+        let unusable = conn.has_unusable_last_event_id();
+        if let Some(backend) = backend {
+            // Events stored before the backend's first look would not reach this subscriber.
+            if !backend.feeding().await {
+                conn.close();
+                return Resume::Unavailable;
+            }
+        }
+        if let Some(resume) = topic.subscribe_here(conn, cursor, unusable) {
+            return resume;
+        }
+        match backend {
+            Some(backend) => {
+                let cursor = cursor.filter(|_| !unusable);
+                backend.subscribe(key, topic, conn, cursor).await
+            }
+            // An in-process topic always knows.
+            None => Resume::Ended,
+        }
+    }
+    .await;
     let outcome = match resume {
         Resume::Live => ResumeOutcome::Live,
         Resume::Replayed(_) => ResumeOutcome::Replayed,
@@ -753,34 +774,6 @@ async fn subscribe_topic(
     #[cfg(feature = "tracing")]
     conn.record_subscription(&settings.name, outcome.as_str());
     resume
-}
-
-async fn subscribe_topic_quietly(
-    topic: &Arc<Topic>,
-    backend: Option<&dyn Backend>,
-    key: Option<&str>,
-    conn: &Connection,
-    cursor: Option<&str>,
-) -> Resume {
-    let unusable = conn.has_unusable_last_event_id();
-    if let Some(backend) = backend {
-        // Events stored before the backend's first look would not reach this subscriber.
-        if !backend.feeding().await {
-            conn.close();
-            return Resume::Unavailable;
-        }
-    }
-    if let Some(resume) = topic.subscribe_here(conn, cursor, unusable) {
-        return resume;
-    }
-    match backend {
-        Some(backend) => {
-            let cursor = cursor.filter(|_| !unusable);
-            backend.subscribe(key, topic, conn, cursor).await
-        }
-        // An in-process topic always knows.
-        None => Resume::Ended,
-    }
 }
 
 impl Default for Broadcast {
