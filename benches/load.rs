@@ -29,6 +29,8 @@
 //!    then the same over the user's tokio `broadcast` channel of scenario 5, axum's `Sse` and our
 //!    `EventSource::stream` each over every client's `BroadcastStream`;
 //! 4. latency: 1,000 clients, 100 events per second for 3 seconds; push-to-receive time;
+//!    then the same over the user's tokio `broadcast` channel of scenario 5, axum's `Sse` and
+//!    our `EventSource::stream` each over every client's `BroadcastStream`;
 //! 5. the user's own stream: as fan-out, but the events go into a tokio `broadcast` channel of
 //!    the user's, and reach the clients through axum's `Sse` over each client's
 //!    `BroadcastStream`, our `EventSource::stream` of the same (the body polls it), our
@@ -129,7 +131,8 @@ impl Variant {
 
 const COMPARED: [Variant; 3] = [Variant::Ours, Variant::Axum, Variant::Raw];
 
-/// How the user's own channel reaches the clients, in scenario 5.
+/// How the user's own channel reaches the clients, in scenario 5 (and the second half of
+/// scenarios 3 and 4, polled only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Feed {
     /// Each client's response body polls its own receiver: `EventSource::stream` for ours,
@@ -975,21 +978,35 @@ async fn run(plan: Plan) -> Result<()> {
             );
             results.add(&scenario, "server RSS bytes/stream", variant, per_stream);
         }
-        for &variant in compared.iter().filter(|_| runs("latency")) {
-            let run = latency(variant, &plan).await?;
+        // Then over the user's channel of scenario 5: axum's `Sse` and `EventSource::stream`.
+        let latency_runs = compared.iter().map(|&v| (v, None)).chain(
+            [Variant::Axum, Variant::Ours]
+                .into_iter()
+                .filter(|v| plan.variant.is_none_or(|only| only == *v))
+                .map(|v| (v, Some(Feed::Polled))),
+        );
+        for (variant, feed) in latency_runs.filter(|(_, feed)| {
+            runs("latency") && (feed.is_none() || plan.feed.is_none_or(|only| Some(only) == *feed))
+        }) {
+            let run = latency(variant, feed, &plan).await?;
             eprintln!(
-                "  latency {:18} p50 {:>8.0} us  p99 {:>8.0} us  CPU server {:>3.0}% client {:>3.0}%",
+                "  latency {:18} {:10} p50 {:>8.0} us  p99 {:>8.0} us  CPU server {:>3.0}% client {:>3.0}%",
                 variant.name(),
+                feed.map_or("", Feed::name),
                 run.p50_us,
                 run.p99_us,
                 run.cpu.0,
                 run.cpu.1
             );
             let scenario = format!(
-                "4. latency, {} clients, {}/s for {} s",
+                "4. latency, {} clients, {}/s for {} s{}",
                 plan.latency_clients,
                 Duration::from_secs(1).as_nanos() / plan.latency_period.as_nanos(),
-                plan.latency_events as u128 * plan.latency_period.as_millis() / 1000
+                plan.latency_events as u128 * plan.latency_period.as_millis() / 1000,
+                match feed {
+                    Some(_) => ", user's tokio broadcast (ours: EventSource::stream)",
+                    None => "",
+                }
             );
             results.add(&scenario, "push-to-receive p50 us", variant, run.p50_us);
             results.add(&scenario, "push-to-receive p99 us", variant, run.p99_us);
@@ -1310,8 +1327,8 @@ struct Latency {
     cpu: (f64, f64),
 }
 
-async fn latency(variant: Variant, plan: &Plan) -> Result<Latency> {
-    let mut server = Server::start(variant, None, None, plan.server_cpu).await?;
+async fn latency(variant: Variant, feed: Option<Feed>, plan: &Plan) -> Result<Latency> {
+    let mut server = Server::start(variant, None, feed, plan.server_cpu).await?;
     let (release, _) = watch::channel(false);
     let clients = plan.latency_clients;
     let events = plan.latency_events;

@@ -224,6 +224,12 @@ impl EventSource {
     /// [`retry`](Self::retry) field, sends keep-alive comments while `stream` is idle
     /// ([`keep_alive`](Self::keep_alive)), and the response has the stream's headers.
     ///
+    /// An event from a quiet stream goes at once. While `stream` is busy (a frame took two
+    /// events or more, or the last one did), a frame waits one turn of the scheduler for more
+    /// before it goes: a channel that feeds many clients then reaches each of them in fewer,
+    /// larger writes. The wait never depends on `stream` or a timer: the body wakes its own
+    /// task.
+    ///
     /// The stream ends:
     ///
     /// - when `stream` ends;

@@ -170,8 +170,9 @@
 //! The items are events (anything that converts into an [`Event`]) or `Result`s whose error
 //! ends the stream; see [`StreamItem`]. The settings of the [`EventSource`] apply as for
 //! [`connect`](EventSource::connect): headers, keep-alive while the stream is idle, `retry`
-//! first, shutdown with the farewell; ready items are joined into one frame. Dropping the
-//! body (the client left) drops the stream.
+//! first, shutdown with the farewell; ready items are joined into one frame, and while the
+//! stream is busy a frame waits one turn of the scheduler for more. Dropping the body (the
+//! client left) drops the stream.
 //!
 //! The same stream can reach the client two other ways: [`Connection::forward`] reads it in
 //! the handler's task and pushes into the connection's queue (where pushes from elsewhere can

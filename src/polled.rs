@@ -99,7 +99,10 @@ where
         state: State {
             report: StreamReport::start(&limits.metrics),
             limits,
-            next: first.map(|retry| (retry, 0)),
+            frame: first.map_or(Frame::Empty, Frame::One),
+            events: 0,
+            holds: 0,
+            busy: false,
             shutdown,
             reason: None,
         },
@@ -123,9 +126,15 @@ pin_project! {
 struct State {
     /// The keep-alive interval is `limits.keep_alive`.
     limits: Arc<Limits>,
-    /// The next frame, before any item, with the number of events it holds: the `retry` field
-    /// at the start, or an event taken from the stream that did not fit in the last frame.
-    next: Option<(Bytes, u64)>,
+    /// What has been taken from the stream and not yet handed over, with the number of events
+    /// it holds: the `retry` field at the start, an event that did not fit in the last frame,
+    /// or a frame held back (see [`HOLDS`]).
+    frame: Frame,
+    events: u64,
+    /// How many times `frame` has been held back.
+    holds: u8,
+    /// Whether the last frame handed over held [`BUSY`] events or more.
+    busy: bool,
     /// Set with [`EventSource::graceful_shutdown`](crate::EventSource::graceful_shutdown);
     /// `None` once the farewell has been handed over.
     shutdown: Option<Arc<Signal>>,
@@ -191,6 +200,10 @@ where
         if ended {
             this.stream.set(None);
         }
+        if data.is_pending() && this.state.holds > 0 {
+            // A frame is held back: no keep-alive comment goes before it.
+            return Poll::Pending;
+        }
         let events = match &data {
             Poll::Ready(Some(frame)) => frame.events,
             _ => 0,
@@ -219,78 +232,100 @@ impl State {
         stream: Option<Pin<&mut dyn EventStream>>,
         cx: &mut Context<'_>,
     ) -> (Poll<Option<Events>>, bool) {
-        if let Some(signal) = &self.shutdown {
-            if signal.is_triggered() {
-                self.reason.get_or_insert(CloseReason::Shutdown);
-                // Nothing more is taken from the stream: what it gave goes out, then the
-                // farewell, then the end.
-                if let Some(next) = self.next.take() {
-                    return (Poll::Ready(Some(Events::from(next))), true);
-                }
-                let farewell = signal.take_farewell();
-                self.shutdown = None;
-                let farewell = farewell.map(|bytes| Events { bytes, events: 1 });
-                return (Poll::Ready(farewell), true);
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|signal| signal.is_triggered())
+        {
+            self.reason.get_or_insert(CloseReason::Shutdown);
+            // Nothing more is taken from the stream: what it gave goes out, then the farewell,
+            // then the end.
+            if let Some(frame) = self.take(Frame::Empty, 0) {
+                return (Poll::Ready(Some(frame)), true);
             }
+            let farewell = self
+                .shutdown
+                .take()
+                .and_then(|signal| signal.take_farewell());
+            let farewell = farewell.map(|bytes| Events { bytes, events: 1 });
+            return (Poll::Ready(farewell), true);
         }
         let Some(mut stream) = stream else {
-            return (Poll::Ready(self.next.take().map(Events::from)), false);
+            return (Poll::Ready(self.take(Frame::Empty, 0)), false);
         };
-        let mut frame = Frame::Empty;
-        let mut events = 0;
-        if let Some((next, count)) = self.next.take() {
-            frame = Frame::One(next);
-            events = count;
-        }
         loop {
             // A panicking stream ends its own stream only, as a panicking handler does, not
             // the connection that may carry others (HTTP/2).
             let polled = catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_event(cx)));
             match polled {
-                Ok(Poll::Ready(Some(event))) => {
-                    if let Err(event) = frame.join(event) {
-                        self.next = Some((event, 1));
-                        break;
-                    }
-                    events += 1;
-                }
+                Ok(Poll::Ready(Some(event))) => match self.frame.join(event) {
+                    Ok(()) => self.events += 1,
+                    // The frame is full: it goes, and the event starts the next one.
+                    Err(event) => return (Poll::Ready(self.take(Frame::One(event), 1)), false),
+                },
                 Ok(Poll::Ready(None)) => {
                     self.reason.get_or_insert(CloseReason::HandlerDone);
-                    return (Poll::Ready(frame.finish(events)), true);
+                    return (Poll::Ready(self.take(Frame::Empty, 0)), true);
                 }
                 Err(_panic) => {
                     report_panic();
                     self.reason.get_or_insert(CloseReason::HandlerPanic);
-                    return (Poll::Ready(frame.finish(events)), true);
+                    return (Poll::Ready(self.take(Frame::Empty, 0)), true);
                 }
-                Ok(Poll::Pending) => match frame {
-                    Frame::Empty => {
-                        if let Some(signal) = &self.shutdown {
-                            if signal.wake_on_trigger(cx.waker()) {
-                                // Triggered since the check above: poll again to end.
-                                cx.waker().wake_by_ref();
-                            }
+                Ok(Poll::Pending) if matches!(self.frame, Frame::Empty) => {
+                    if let Some(signal) = &self.shutdown {
+                        if signal.wake_on_trigger(cx.waker()) {
+                            // Triggered since the check above: poll again to end.
+                            cx.waker().wake_by_ref();
                         }
-                        return (Poll::Pending, false);
                     }
-                    _ => break,
-                },
+                    return (Poll::Pending, false);
+                }
+                Ok(Poll::Pending) if self.holds < HOLDS && (self.events >= BUSY || self.busy) => {
+                    // Waits for a busy source: see `HOLDS`.
+                    self.holds += 1;
+                    cx.waker().wake_by_ref();
+                    return (Poll::Pending, false);
+                }
+                Ok(Poll::Pending) => return (Poll::Ready(self.take(Frame::Empty, 0)), false),
             }
         }
-        (Poll::Ready(frame.finish(events)), false)
+    }
+
+    /// The frame taken so far, to hand over, with `next` (holding `events` events) in its
+    /// place.
+    fn take(&mut self, next: Frame, events: u64) -> Option<Events> {
+        self.holds = 0;
+        let frame = std::mem::replace(&mut self.frame, next);
+        let events = std::mem::replace(&mut self.events, events);
+        self.busy = events >= BUSY;
+        frame.finish(events)
     }
 }
+
+/// How many times a frame waits for a busy source before it is handed over. A source is busy
+/// when the frame already holds [`BUSY`] events or more, or the last frame did: its events
+/// come faster than the body is polled. Each wait wakes the body's task and answers `Pending`,
+/// so the task goes to the back of the scheduler's queue and the frame goes out on a later
+/// poll, with what the source yielded meanwhile.
+///
+/// A source that feeds many streams (a broadcast channel) sends again only after many of their
+/// tasks have run, so a stream that wrote what it had at once would write a few events at a
+/// time; the writes (a system call each, and a wake-up of the client) are most of a server's
+/// work. Waiting for one turn of the scheduler takes everything sent during that turn into one
+/// write. It takes two waits: hyper's HTTP/1 server polls the body again at once, in the same
+/// poll of its task, after a `Pending` with nothing to flush; the second wait lasts until the
+/// task's next turn. An event from a quiet source goes at once, and a frame never waits for a
+/// timer or for the source itself.
+const HOLDS: u8 = 2;
+
+/// From this many events in a frame, its source counts as busy (see [`HOLDS`]).
+const BUSY: u64 = 2;
 
 /// A frame of `events` events (none for a `retry`-only frame).
 struct Events {
     bytes: Bytes,
     events: u64,
-}
-
-impl From<(Bytes, u64)> for Events {
-    fn from((bytes, events): (Bytes, u64)) -> Self {
-        Events { bytes, events }
-    }
 }
 
 /// Events joined into one frame of at most [`MAX_FRAME`] bytes (unless a single event is

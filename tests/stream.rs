@@ -517,6 +517,81 @@ async fn only_what_is_ready_is_joined_and_the_body_then_waits_for_the_source() {
     );
 }
 
+/// Counts the wakes of the waker made from it.
+struct Wakes(AtomicUsize);
+
+impl futures_util::task::ArcWake for Wakes {
+    fn wake_by_ref(wakes: &Arc<Self>) {
+        wakes.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls `body` by hand, with a waker whose wakes `wakes` counts: the frame's data, or `None`
+/// while it is pending.
+fn poll_by_hand(body: &mut EventStreamBody, wakes: &Arc<Wakes>) -> Option<Bytes> {
+    let waker = futures_util::task::waker(Arc::clone(wakes));
+    match Pin::new(body).poll_frame(&mut Context::from_waker(&waker)) {
+        Poll::Ready(Some(frame)) => Some(frame.unwrap().into_data().unwrap()),
+        Poll::Ready(None) => panic!("the body ended"),
+        Poll::Pending => None,
+    }
+}
+
+fn wakes(wakes: &Arc<Wakes>) -> usize {
+    wakes.0.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_busy_source_s_frame_waits_twice_for_what_comes_next_and_a_quiet_one_s_goes_at_once() {
+    let (tx, rx) = idle_source();
+    let mut body = EventSource::new().stream(&HeaderMap::new(), rx).into_body();
+    let task = Arc::new(Wakes(AtomicUsize::new(0)));
+    // A poll of the body, and how many times it woke the task itself.
+    let waits = |body: &mut EventStreamBody| {
+        let before = wakes(&task);
+        let polled = poll_by_hand(body, &task);
+        (polled, wakes(&task) - before)
+    };
+    let send = |data: &'static str| tx.try_send(Event::from(data)).unwrap();
+
+    // A quiet source: its event goes at once.
+    send("a");
+    assert_eq!(waits(&mut body), (Some("data: a\n\n".into()), 0));
+
+    // Two events ready together: the frame waits twice, waking the task each time, and takes
+    // what came meanwhile.
+    send("b");
+    send("c");
+    assert_eq!(waits(&mut body), (None, 1), "the frame waits");
+    send("d");
+    assert_eq!(waits(&mut body), (None, 1), "the frame waits again");
+    send("e");
+    let frame = "data: b\n\ndata: c\n\ndata: d\n\ndata: e\n\n";
+    assert_eq!(waits(&mut body), (Some(frame.into()), 0));
+
+    // The source is still busy: the next frame waits too, even with one event.
+    send("f");
+    assert_eq!(waits(&mut body), (None, 1));
+    assert_eq!(waits(&mut body), (None, 1));
+    assert_eq!(waits(&mut body), (Some("data: f\n\n".into()), 0));
+    // Quiet again.
+    send("g");
+    assert_eq!(waits(&mut body), (Some("data: g\n\n".into()), 0));
+
+    // An idle source: the body waits for it, and only the source wakes the task.
+    assert_eq!(waits(&mut body), (None, 0));
+    let before = wakes(&task);
+    send("h");
+    assert_eq!(wakes(&task), before + 1, "woken by the source");
+    assert_eq!(waits(&mut body), (Some("data: h\n\n".into()), 0));
+
+    // A full frame goes at once.
+    for _ in 0..2 {
+        tx.try_send(Event::from("x".repeat(40_000))).unwrap();
+    }
+    assert_eq!(poll_by_hand(&mut body, &task).unwrap().len(), 40_008);
+}
+
 #[tokio::test]
 async fn retry_is_the_first_frame_joined_with_the_first_items() {
     let source = EventSource::new()
@@ -648,6 +723,41 @@ async fn shutdown_sends_an_item_already_taken_before_the_farewell() {
     assert_eq!(farewell, "data: bye\n\n");
     assert!(body.frame().await.is_none());
     assert_eq!(watch.polls(), 2, "nothing more was taken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_sends_a_frame_that_waits_for_the_source_before_the_farewell() {
+    let shutdown = Shutdown::new();
+    let source = EventSource::new().graceful_shutdown(&shutdown);
+    let (tx, rx) = idle_source();
+    let mut body = source.stream(&HeaderMap::new(), rx).into_body();
+    let task = Arc::new(Wakes(AtomicUsize::new(0)));
+    tx.try_send(Event::from("a")).unwrap();
+    tx.try_send(Event::from("b")).unwrap();
+    assert_eq!(poll_by_hand(&mut body, &task), None, "the frame waits");
+
+    shutdown.trigger_with("bye").unwrap();
+    assert_eq!(
+        poll_by_hand(&mut body, &task).unwrap(),
+        "data: a\n\ndata: b\n\n"
+    );
+    assert_eq!(poll_by_hand(&mut body, &task).unwrap(), "data: bye\n\n");
+    assert!(body.frame().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_keep_alive_comment_goes_before_a_frame_that_waits_for_the_source() {
+    let source = EventSource::new().keep_alive(Duration::from_secs(1));
+    let (tx, rx) = idle_source();
+    let mut body = source.stream(&HeaderMap::new(), rx).into_body();
+    let task = Arc::new(Wakes(AtomicUsize::new(0)));
+    tx.try_send(Event::from("a")).unwrap();
+    tx.try_send(Event::from("b")).unwrap();
+    assert_eq!(poll_by_hand(&mut body, &task), None, "the frame waits");
+    // The keep-alive interval runs out while it waits.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, "data: a\n\ndata: b\n\n");
 }
 
 #[tokio::test(start_paused = true)]
