@@ -181,7 +181,7 @@
 //!
 //! | | [`EventSource::stream`] | [`Connection::forward`] | [`Broadcast`] fed by [`Broadcast::forward`] |
 //! |---|---|---|---|
-//! | tasks per client | none: the connection's task polls the stream, at most one wake-up per event (one per batch of ready events) | the handler's, besides the connection's: up to two wake-ups per event | none: one task feeds the hub, which wakes each connection at most once per event |
+//! | tasks per client | none: the connection's task polls the stream, woken once per batch of ready events (and, while the source is busy, once more by the body per frame, for fewer and larger writes) | the handler's, besides the connection's: up to two wake-ups per event | none: one task feeds the hub, which wakes each connection at most once per event |
 //! | encoding | per client, as the body takes each item | per client, as each item is pushed | once per event, for every subscriber |
 //! | backpressure | an item is taken only when the server asks for the next frame: a slow client leaves items in the source (a broadcast receiver lags); nothing is queued | the connection's [buffer](EventSource::buffer): `forward` takes no item while it is full, and the [send timeout](EventSource::send_timeout) ends a stalled stream | the hub never waits: a client whose buffer is full is disconnected or skipped ([`SlowClient`]) |
 //! | resume (`Last-Event-ID`) | the handler's: build the stream from [`EventSource::last_event_id`] | the handler's: [`Connection::last_event_id`] | built in with a history: exactly what was missed, else a reset event |
