@@ -315,8 +315,9 @@ impl State {
 /// work. Waiting for one turn of the scheduler takes everything sent during that turn into one
 /// write. It takes two waits: hyper's HTTP/1 server polls the body again at once, in the same
 /// poll of its task, after a `Pending` with nothing to flush; the second wait lasts until the
-/// task's next turn. An event from a quiet source goes at once, and a frame never waits for a
-/// timer or for the source itself.
+/// task's next turn. (Where nothing polls the body again at once, as in hyper's HTTP/2 server,
+/// a frame waits two turns.) An event from a quiet source goes at once, and a frame never
+/// waits for a timer or for the source itself.
 const HOLDS: u8 = 2;
 
 /// From this many events in a frame, its source counts as busy (see [`HOLDS`]).
